@@ -1,0 +1,1 @@
+//! Benchmarks of dockerproxy: micro-benchmarks in `benches/`, the load harness in `harness/`.

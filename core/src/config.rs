@@ -1,0 +1,346 @@
+//! Configuration: the route table built from `CUSTOM_DOMAIN` (COMPAT.md §1.1), the
+//! go-docker-proxy environment variables (COMPAT.md §3.1) and the optional TOML file (§3.3).
+//!
+//! Parsed and validated once ("parse, don't validate"): everything else in the core takes a
+//! `&Config` and trusts it. Environment values come in through [`EnvSource`], never from
+//! `std::env`, so the same parser serves the server, the C ABI and the WASI component.
+
+use core::time::Duration;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Index of a registry in [`Config::registries`].
+pub type RegistryId = usize;
+
+/// `http` or `https`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// `"http"` or `"https"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+        }
+    }
+
+    /// 80 or 443.
+    pub const fn default_port(self) -> u16 {
+        match self {
+            Self::Http => 80,
+            Self::Https => 443,
+        }
+    }
+}
+
+/// An origin: scheme, lower-case host, port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// Scheme.
+    pub scheme: Scheme,
+    /// Lower-case host name or IP literal (IPv6 in brackets).
+    pub host: String,
+    /// Explicit port (the scheme's default when absent from the URL).
+    pub port: u16,
+}
+
+impl Origin {
+    /// Parses `scheme://host[:port]` (a trailing `/` is allowed; a path, query or userinfo is not).
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let u = url::Url::parse(s.trim()).map_err(|e| ConfigError::new("origin", format!("{s:?}: {e}")))?;
+        let scheme = match u.scheme() {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            other => return Err(ConfigError::new("origin", format!("{s:?}: scheme {other:?} is not http or https"))),
+        };
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(ConfigError::new("origin", format!("{s:?}: userinfo is not allowed")));
+        }
+        if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
+            return Err(ConfigError::new("origin", format!("{s:?}: must be an origin without path or query")));
+        }
+        let host = match u.host() {
+            Some(url::Host::Domain(d)) => d.trim_end_matches('.').to_ascii_lowercase(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => format!("[{a}]"),
+            None => return Err(ConfigError::new("origin", format!("{s:?}: no host"))),
+        };
+        let port = u.port().unwrap_or(scheme.default_port());
+        Ok(Self { scheme, host, port })
+    }
+
+    /// `host` or `host:port` when the port is not the scheme's default.
+    pub fn authority(&self) -> String {
+        if self.port == self.scheme.default_port() {
+            self.host.clone()
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// `scheme://authority`, no trailing slash.
+    pub fn to_url_string(&self) -> String {
+        format!("{}://{}", self.scheme.as_str(), self.authority())
+    }
+}
+
+/// What kind of registry a route talks to. Behaviour follows the flavour, not the URL, so a test
+/// can point a Docker-Hub-flavoured route at a local registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavour {
+    /// Docker Hub: `library/` rules (COMPAT.md §5), blocked-host redirects.
+    DockerHub,
+    /// Any other registry.
+    Generic,
+}
+
+/// Follow redirects server-side or relay them (COMPAT.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedirectMode {
+    /// Follow server-side.
+    Follow,
+    /// Relay to the client (blocked-list hosts are still followed).
+    Pass,
+}
+
+/// A configured upstream credential (COMPAT.md §4.3). The secret is resolved by the wrapper
+/// (file or env) before it reaches the core.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// Username.
+    pub username: String,
+    /// Password or token.
+    pub secret: String,
+    /// Repository patterns (`library/*`, `org/name`) that anonymous clients may read with these
+    /// credentials.
+    pub anonymous_repositories: Vec<String>,
+}
+
+impl core::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("secret", &"<redacted>")
+            .field("anonymous_repositories", &self.anonymous_repositories)
+            .finish()
+    }
+}
+
+/// One upstream registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registry {
+    /// Canonical registry name (`docker.io`, `ghcr.io`, ...): used by `ns`, prefixes, cache keys.
+    pub name: String,
+    /// Other names accepted in `ns` and path prefixes (`index.docker.io`, ...).
+    pub aliases: Vec<String>,
+    /// Where requests go.
+    pub origin: Origin,
+    /// Docker Hub or generic.
+    pub flavour: Flavour,
+    /// Redirect handling.
+    pub redirects: RedirectMode,
+    /// Forward writes (PUT/POST/PATCH/DELETE) instead of answering 405.
+    pub allow_push: bool,
+    /// Realm origins that may receive token requests. Empty = any https, non-IP, non-localhost
+    /// realm (checked by [`crate::redirect::realm_allowed`]); tests list loopback realms here.
+    pub realm_allowlist: Vec<Origin>,
+    /// Plain-http upstream, realms and redirect targets allowed (development and tests only).
+    pub development: bool,
+    /// Configured credentials, if any.
+    pub credentials: Option<Credentials>,
+}
+
+impl Registry {
+    /// True when `name` (lower-case) is this registry's name or one of its aliases.
+    pub fn answers_to(&self, name: &str) -> bool {
+        self.name.eq_ignore_ascii_case(name) || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Cache settings (COMPAT.md §3.1, §3.3).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// `CACHE_ENABLED`.
+    pub enabled: bool,
+    /// `CACHE_DIR` (the path is only carried; the core never opens it).
+    pub dir: String,
+    /// `CACHE_MANIFEST_TTL`: how long a tag mapping is fresh.
+    pub manifest_ttl: Duration,
+    /// `CACHE_BLOB_TTL`: idle age after which blobs are deleted; zero = no age limit.
+    pub blob_ttl: Duration,
+    /// `cache_max_size` in bytes; zero = no cap.
+    pub max_size: u64,
+    /// `max_stale`: oldest stale tag that may be served on a transient failure.
+    pub max_stale: Duration,
+}
+
+/// Exposure of `/stats` and `/metrics` (COMPAT.md §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposure {
+    /// On the main listener, to everyone.
+    Main,
+    /// Only to loopback peers; others get 404.
+    Loopback,
+    /// Disabled (404).
+    Off,
+}
+
+/// Limits and timeouts (SECURITY.md §2.5, §2.14). Tests set them in milliseconds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest manifest accepted (4 MiB).
+    pub max_manifest_bytes: usize,
+    /// Largest token response (1 MiB).
+    pub max_token_bytes: usize,
+    /// Largest upstream error body read (64 KiB).
+    pub max_error_body_bytes: usize,
+    /// Largest `/v2/auth` POST form (16 KiB).
+    pub max_auth_form_bytes: usize,
+    /// Upstream connect timeout.
+    pub connect_timeout: Duration,
+    /// Upstream response-header timeout.
+    pub header_timeout: Duration,
+    /// Upstream per-read idle timeout.
+    pub idle_timeout: Duration,
+    /// Client request-header timeout.
+    pub client_header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_manifest_bytes: 4 * 1024 * 1024,
+            max_token_bytes: 1024 * 1024,
+            max_error_body_bytes: 64 * 1024,
+            max_auth_form_bytes: 16 * 1024,
+            connect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            client_header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Base domain (`CUSTOM_DOMAIN`, normalised).
+    pub custom_domain: String,
+    /// Upstream registries. The nine route hosts of COMPAT.md §1.1 map onto eight of them.
+    pub registries: Vec<Registry>,
+    /// Route hosts (lower-case, no port, no trailing dot) → registry.
+    pub hosts: BTreeMap<String, RegistryId>,
+    /// Mirror hosts (route by `ns` or prefix, Docker Hub by default).
+    pub mirror_hosts: Vec<String>,
+    /// Debug fallback registry (`DEBUG=true` + `TARGET_UPSTREAM`), if active.
+    pub debug_fallback: Option<RegistryId>,
+    /// Replace the unknown-host listing with a generic error.
+    pub hide_routes: bool,
+    /// Fixed public scheme for realms and `Location`s.
+    pub public_scheme: Option<Scheme>,
+    /// Fixed public port.
+    pub public_port: Option<u16>,
+    /// Peers whose forwarding headers are honoured.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `FOLLOW_ALL_REDIRECTS`: `None` unset, `Some(true)`, `Some(false)`.
+    pub follow_all_redirects: Option<bool>,
+    /// Built-in blocked hosts plus `BLOCKED_HOSTS`, lower-case.
+    pub blocked_hosts: Vec<String>,
+    /// Redirect hop limit (5).
+    pub max_redirects: u8,
+    /// Cache settings.
+    pub cache: CacheSettings,
+    /// `/stats` exposure.
+    pub stats: Exposure,
+    /// `/metrics` exposure.
+    pub metrics: Exposure,
+    /// Limits and timeouts.
+    pub limits: Limits,
+    /// `DEBUG` (or `MODE=debug`).
+    pub debug: bool,
+    /// Plain-HTTP listen port (`PORT`).
+    pub port: u16,
+    /// `User-Agent` the proxy sends when the client sent none.
+    pub user_agent: String,
+}
+
+/// A configuration problem: the key and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The offending key (`PORT`, `routes.ghcr.io.upstream`, ...).
+    pub key: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// Builds an error.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "configuration key `{}`: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A non-fatal problem found while loading (default `CUSTOM_DOMAIN`, bad boolean, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// The key concerned.
+    pub key: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// Where environment values come from. The server passes `std::env`, tests pass a map.
+pub trait EnvSource {
+    /// The raw value of `name`; an empty value is treated as unset by the parser.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> EnvSource for F {
+    fn get(&self, name: &str) -> Option<String> {
+        self(name)
+    }
+}
+
+/// Peer address helpers.
+impl Config {
+    /// True when forwarded headers from `peer` are honoured.
+    pub fn is_trusted_peer(&self, peer: Option<IpAddr>) -> bool {
+        peer.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// The registry of a route host, if `host` (normalised) is one.
+    pub fn route_host(&self, host: &str) -> Option<RegistryId> {
+        self.hosts.get(host).copied()
+    }
+
+    /// The registry answering to `name` or one of its aliases.
+    pub fn registry_by_name(&self, name: &str) -> Option<RegistryId> {
+        self.registries.iter().position(|r| r.answers_to(name))
+    }
+}
+
+// Loading (defaults, env parsing, TOML file) lives in `config_load.rs`-style functions below.
+mod load;
+pub use load::{ConfigFile, load};

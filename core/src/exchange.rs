@@ -1,0 +1,204 @@
+//! One client request's state machine (DESIGN.md §3 `Exchange`).
+//!
+//! Contract (str0m style): create with [`Exchange::new`], then call [`Exchange::poll_action`]
+//! until it returns [`Action::Wait`] or [`Action::Done`]; after every `handle_*` call, poll again.
+//! Blob bytes never pass through the exchange: [`BodyPlan::Upstream`] tells the wrapper to stream
+//! the current upstream body (through a [`crate::verifier::Verifier`] when a digest is given).
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use url::Url;
+
+use crate::cache_policy::{CacheKey, XCache};
+use crate::reference::Digest;
+
+/// The head of a client request, as the wrapper received it.
+#[derive(Clone, Debug)]
+pub struct RequestHead {
+    /// Method.
+    pub method: Method,
+    /// The raw request-target (`/v2/...?...`), percent-encoding untouched.
+    pub target: String,
+    /// Headers, repeated lines kept (`HeaderMap::append`).
+    pub headers: HeaderMap,
+    /// TCP peer address.
+    pub peer: Option<IpAddr>,
+    /// The client connection is TLS.
+    pub tls: bool,
+}
+
+/// Host-independent endpoints the wrapper renders itself (they need process state).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LocalEndpoint {
+    /// `/health`, `/healthz`.
+    Health,
+    /// `/readyz`.
+    Ready,
+    /// `/stats`.
+    Stats,
+    /// `/stats/cache`.
+    StatsCache,
+    /// `/metrics`.
+    Metrics,
+}
+
+/// Why the exchange sends an upstream request (for metrics and logs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// The client's `/v2/` ping.
+    Ping,
+    /// `GET /v2/` without credentials to learn the realm for `/v2/auth`.
+    RealmDiscovery,
+    /// A token request to the realm.
+    Token,
+    /// The client's manifest, blob, tags, ... request.
+    Resource,
+    /// A followed redirect hop.
+    RedirectHop,
+    /// A HEAD (or `Range: bytes=0-0` GET) that learns a size without downloading.
+    SizeProbe,
+}
+
+/// The body of an upstream request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamBody {
+    /// No body.
+    Empty,
+    /// These bytes (a token form).
+    Bytes(Bytes),
+    /// Stream the client's request body (push with `allow_push`).
+    Client,
+}
+
+/// A request the wrapper must send.
+#[derive(Clone, Debug)]
+pub struct UpstreamRequest {
+    /// Method.
+    pub method: Method,
+    /// Absolute URL (the wrapper dials its host after the address check).
+    pub url: Url,
+    /// Headers to send (the wrapper adds `Host` from the URL).
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: UpstreamBody,
+    /// Why.
+    pub purpose: Purpose,
+    /// Registry name, for metrics.
+    pub registry: String,
+    /// Follow no redirect at transport level (always true: the core decides redirects).
+    pub follow_redirects: bool,
+}
+
+/// The head of an upstream response.
+#[derive(Clone, Debug)]
+pub struct UpstreamHead {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+}
+
+/// Transport failures the wrapper reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// DNS, connect, TLS or protocol failure before a response head.
+    Unreachable,
+    /// Connect or response-header timeout.
+    Timeout,
+    /// The body exceeded the limit of [`Action::ReadUpstreamBody`].
+    TooLarge,
+    /// The body could not be read completely.
+    BodyFailed,
+    /// The address policy refused the dialled address.
+    Denied,
+}
+
+/// What the client gets as a body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyPlan {
+    /// No body (HEAD, 301, ...).
+    Empty,
+    /// These bytes.
+    Bytes(Bytes),
+    /// Stream the current upstream response body; verify against `verify` when set (abort the
+    /// client stream on mismatch); `store` says where a verified complete body may be cached.
+    Upstream {
+        /// Digest to verify while streaming.
+        verify: Option<Digest>,
+        /// Cache key to store under, if cacheable.
+        store: Option<CacheKey>,
+    },
+    /// Serve from the cache store.
+    Cache {
+        /// Key.
+        key: CacheKey,
+        /// Inclusive byte range for a 206.
+        range: Option<(u64, u64)>,
+    },
+}
+
+/// A response for the client.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers (the wrapper adds framing headers only).
+    pub headers: HeaderMap,
+    /// Body.
+    pub body: BodyPlan,
+    /// `X-Cache` value, when the path is a manifest or blob (also present in `headers`).
+    pub x_cache: Option<XCache>,
+}
+
+/// What the cache store found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheResult {
+    /// No entry (or the cache is off or broken).
+    Miss,
+    /// A blob of this size is stored.
+    Blob {
+        /// Size in bytes.
+        size: u64,
+    },
+    /// A manifest is stored.
+    Manifest {
+        /// Its digest.
+        digest: Digest,
+        /// Stored `Content-Type`.
+        media_type: String,
+        /// Bytes.
+        body: Bytes,
+    },
+}
+
+/// The next thing the wrapper must do.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Render a host-independent endpoint.
+    Local(LocalEndpoint),
+    /// Send this upstream request; answer with `handle_upstream_head` or `handle_upstream_error`.
+    /// Any previous upstream response is dropped.
+    SendUpstream(UpstreamRequest),
+    /// Read the whole current upstream body, at most `limit` bytes; answer with
+    /// `handle_upstream_body` or `handle_upstream_error(TooLarge | BodyFailed)`.
+    ReadUpstreamBody {
+        /// Byte limit.
+        limit: usize,
+    },
+    /// Look up the cache; answer with `handle_cache_result`.
+    CacheLookup(CacheKey),
+    /// Send this response. After it, poll again (normally `Done`).
+    Respond(Response),
+    /// Nothing to do until the deadline (or an input).
+    Wait(crate::Timestamp),
+    /// Finished.
+    Done,
+}
+
+/// One client request's state machine.
+#[derive(Debug)]
+pub struct Exchange {
+    _private: (),
+}

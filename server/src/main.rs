@@ -1,0 +1,5 @@
+//! The `dockerproxy` binary.
+
+fn main() {
+    println!("dockerproxy {}", dockerproxy_core::VERSION);
+}
