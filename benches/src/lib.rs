@@ -1,1 +1,1 @@
-//! Benchmarks of dockerproxy: micro-benchmarks in `benches/`, the load harness in `harness/`.
+//! Benchmarks of dockerproxy: micro-benchmarks in `benches/core.rs`.

@@ -270,6 +270,38 @@ pub struct Config {
     pub port: u16,
     /// `User-Agent` the proxy sends when the client sent none.
     pub user_agent: String,
+    /// `DNS_ENABLED`: resolve through [`Config::dns_servers`].
+    pub dns_enabled: bool,
+    /// `DNS_SERVERS`: `host:port` entries (IPv6 as `[addr]:port`, port 53 filled in), in order.
+    pub dns_servers: Vec<String>,
+    /// `DNS_TIMEOUT`: timeout per server query.
+    pub dns_timeout: Duration,
+    /// Extra listen addresses (`ip:port`) from the file; empty = the `PORT` listener only.
+    pub listen: Vec<String>,
+    /// PEM certificate chain path for TLS listeners (carried, never opened by the core).
+    pub tls_cert: Option<String>,
+    /// PEM private key path for TLS listeners (carried, never opened by the core).
+    pub tls_key: Option<String>,
+    /// Offer HTTP/2 to clients.
+    pub http2: bool,
+    /// Extra CA bundle path for upstream TLS (carried, never opened by the core).
+    pub ca_bundle: Option<String>,
+    /// Log as JSON lines.
+    pub json_logs: bool,
+    /// Exact `host:port` pairs a registry may dial although the address policy denies them
+    /// (SECURITY.md §2.9), e.g. a loopback test upstream.
+    pub address_exceptions: Vec<AddressException>,
+}
+
+/// One exact outbound address exception (SECURITY.md §2.9): never a wildcard or a range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressException {
+    /// The registry whose upstream, realm and redirect hops may use it.
+    pub registry: RegistryId,
+    /// Lower-case host name or IP literal (IPv6 in brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
 }
 
 /// A configuration problem: the key and what is wrong with it.
@@ -341,6 +373,13 @@ impl Config {
     }
 }
 
-// Loading (defaults, env parsing, TOML file) lives in `config_load.rs`-style functions below.
+// Loading: environment values (`env.rs`), the TOML file (`file.rs`), and both combined into a
+// validated `Config` (`load.rs`).
+mod env;
+mod file;
 mod load;
-pub use load::{ConfigFile, load};
+pub use file::{
+    ConfigFile, CredentialsFile, ExposureSetting, FlavourSetting, LimitsFile, RedirectsSetting,
+    RouteFile, SchemeSetting, SizeValue, parse_file,
+};
+pub use load::{load, load_with};

@@ -173,6 +173,21 @@ pub enum CacheResult {
     },
 }
 
+/// A verified manifest to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// The key of the manifest by digest.
+    pub key: CacheKey,
+    /// The tag mapping key, when fetched by tag.
+    pub tag: Option<CacheKey>,
+    /// The computed digest.
+    pub digest: Digest,
+    /// `Content-Type` to serve it with.
+    pub media_type: String,
+    /// The exact bytes.
+    pub body: Bytes,
+}
+
 /// The next thing the wrapper must do.
 #[derive(Clone, Debug)]
 pub enum Action {
@@ -189,6 +204,15 @@ pub enum Action {
     },
     /// Look up the cache; answer with `handle_cache_result`.
     CacheLookup(CacheKey),
+    /// Store a verified manifest (by digest, and the tag mapping when `tag` is set). No answer is
+    /// expected; a failure to store is the wrapper's to log.
+    CacheStore(ManifestEntry),
+    /// Read the client's request body (the `/v2/auth` POST form), at most `limit` bytes; answer with
+    /// `handle_client_body` (`None` when it was larger or could not be read).
+    ReadClientBody {
+        /// Byte limit.
+        limit: usize,
+    },
     /// Send this response. After it, poll again (normally `Done`).
     Respond(Response),
     /// Nothing to do until the deadline (or an input).
@@ -197,8 +221,9 @@ pub enum Action {
     Done,
 }
 
-/// One client request's state machine.
-#[derive(Debug)]
-pub struct Exchange {
-    _private: (),
-}
+mod auth;
+mod forward;
+mod machine;
+mod respond;
+
+pub use machine::Exchange;

@@ -1,0 +1,54 @@
+//! Replays the committed cargo-fuzz corpora (`fuzz/corpus/<target>/`) on stable, with the same
+//! oracles the fuzz targets use (`fuzz/src/*.rs`, included by path). One function per target;
+//! each fails if its corpus is missing or empty, so a moved corpus cannot pass silently.
+
+// Reading the corpus files is the point of this test; the core's no-I/O rule is for its library.
+#![allow(clippy::disallowed_methods)]
+
+use std::path::PathBuf;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../fuzz/src/grammar.rs"]
+mod grammar;
+
+/// Every file of `fuzz/corpus/<target>/`, as bytes.
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("corpus entry").path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            out.push((path, bytes));
+        }
+    }
+    assert!(!out.is_empty(), "empty corpus {}", dir.display());
+    out.sort();
+    out
+}
+
+/// Runs `check` on every input of `target`, naming the file that failed.
+fn replay(target: &str, check: fn(&[u8])) -> usize {
+    let inputs = corpus(target);
+    for (path, bytes) in &inputs {
+        if std::panic::catch_unwind(|| check(bytes)).is_err() {
+            panic!("fuzz corpus input {} fails its oracle", path.display());
+        }
+    }
+    inputs.len()
+}
+
+#[test]
+fn replay_classify() {
+    assert!(replay("classify", grammar::check_classify) >= 5);
+}
+
+#[test]
+fn replay_reference() {
+    assert!(replay("reference", grammar::check_reference) >= 5);
+}
+
+#[test]
+fn replay_range() {
+    assert!(replay("range", grammar::check_range) >= 5);
+}

@@ -1,0 +1,11 @@
+#![no_main]
+//! Fuzz target: token scope transformation and the `/v2/auth` form; see `check_scope` in
+//! `src/auth.rs` for the oracle.
+
+use libfuzzer_sys::fuzz_target;
+
+#[allow(dead_code)]
+#[path = "../src/auth.rs"]
+mod auth;
+
+fuzz_target!(|data: &[u8]| auth::check_scope(data));

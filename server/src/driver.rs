@@ -1,0 +1,297 @@
+//! The exchange loop: one client request in, one response out, with the core's
+//! [`Exchange`] deciding every step (DESIGN.md §3, §4).
+//!
+//! ```text
+//! request ──► RequestHead ──► Exchange::new
+//!                               │ poll_action
+//!        ┌──────────────────────┼─────────────────────────────┐
+//!   SendUpstream        ReadUpstreamBody / CacheLookup / Wait    Respond / Local
+//!   (client.send)       (read ≤ limit / store / sleep)          (build the hyper response)
+//!        └──── handle_* ────────┘                               └──► poll until Done
+//! ```
+//!
+//! The driver never decides anything about registries: it performs the actions, measures them
+//! and hands the results back.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use dockerproxy_core::cache_policy::{CacheKey, XCache};
+use dockerproxy_core::exchange::{
+    Action, BodyPlan, Purpose, RequestHead, Response as CoreResponse, UpstreamError, UpstreamHead,
+};
+use dockerproxy_core::oci_error::{ErrorCode, OciError};
+use dockerproxy_core::verifier::Verifier;
+use dockerproxy_core::Exchange;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use hyper::body::Incoming;
+
+use crate::body::{ResponseBody, UpstreamStream};
+use crate::logging::{RequestLog, path_only};
+use crate::metrics::Source;
+use crate::state::{self, ServerState};
+use crate::upstream;
+
+/// More actions than this for one request means a bug in the state machine: answer 500.
+const MAX_ACTIONS: usize = 256;
+
+/// The current upstream response, kept between `SendUpstream` and the action that uses its body.
+struct Current {
+    body: Incoming,
+    content_length: Option<u64>,
+}
+
+/// Serves one request.
+pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Option<IpAddr>, tls: bool) -> Response<ResponseBody> {
+    let (parts, client_body) = req.into_parts();
+    let head = request_head(&parts, peer, tls);
+    let host = head.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+    let mut log = RequestLog::new(state.clone(), head.method.clone(), &host, &head.target, peer);
+    log.kind = kind_of(&head.target);
+    let method = head.method.clone();
+    let mut client_body = Some(client_body);
+    let mut current: Option<Current> = None;
+    let mut ex = Exchange::new(state.config.clone(), head, state::now());
+
+    for _ in 0..MAX_ACTIONS {
+        match ex.poll_action(state::now()) {
+            Action::Local(endpoint) => {
+                let r = crate::local::render(&state, endpoint, &method, peer);
+                log.status = r.status.as_u16();
+                return build(r.status, r.headers, ResponseBody::full(r.body).with_log(log));
+            }
+            Action::SendUpstream(req) => {
+                current = None;
+                if log.registry == "none" {
+                    log.registry.clone_from(&req.registry);
+                }
+                if req.purpose == Purpose::RedirectHop {
+                    state.metrics.redirect_followed(&req.registry);
+                }
+                let registry = req.registry.clone();
+                let started = Instant::now();
+                let result = state.client.send(req, &mut client_body).await;
+                let elapsed = started.elapsed();
+                match result {
+                    Ok(resp) => {
+                        let (parts, body) = resp.into_parts();
+                        let remaining = ratelimit_remaining(&parts.headers);
+                        state.metrics.upstream(&registry, parts.status.as_str(), elapsed, remaining);
+                        current = Some(Current { body, content_length: content_length(&parts.headers) });
+                        ex.handle_upstream_head(UpstreamHead { status: parts.status, headers: parts.headers }, state::now());
+                    }
+                    Err(e) => {
+                        let code = if e == UpstreamError::Timeout { "timeout" } else { "error" };
+                        state.metrics.upstream(&registry, code, elapsed, None);
+                        tracing::debug!(registry = %registry, error = ?e, "upstream request failed");
+                        ex.handle_upstream_error(e, state::now());
+                    }
+                }
+            }
+            Action::ReadUpstreamBody { limit } => match current.take() {
+                Some(cur) => {
+                    let idle = state.client.idle_timeout();
+                    match upstream::read_to_limit(cur.body, limit, idle, cur.content_length).await {
+                        Ok(bytes) => ex.handle_upstream_body(bytes, state::now()),
+                        Err(e) => ex.handle_upstream_error(e, state::now()),
+                    }
+                }
+                None => ex.handle_upstream_error(UpstreamError::BodyFailed, state::now()),
+            },
+            Action::CacheLookup(key) => {
+                if log.registry == "none" {
+                    log.registry = key_registry(&key).to_owned();
+                }
+                let result = state.store.lookup(&key).await;
+                ex.handle_cache_result(result, state::now());
+            }
+            Action::Wait(deadline) => {
+                tokio::time::sleep(deadline.saturating_since(state::now())).await;
+                ex.handle_timeout(state::now());
+            }
+            Action::Respond(resp) => {
+                let response = respond(&state, &method, resp, current.take(), log).await;
+                drain_after_respond(&mut ex);
+                return response;
+            }
+            Action::Done => break,
+        }
+    }
+    tracing::error!("exchange ended without a response");
+    let e = OciError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, "internal error");
+    log.status = e.status.as_u16();
+    build(e.status, e.headers(), ResponseBody::full(e.body()).with_log(log))
+}
+
+/// After `Respond` the exchange normally says `Done`; anything else is logged and dropped.
+fn drain_after_respond(ex: &mut Exchange) {
+    for _ in 0..8 {
+        match ex.poll_action(state::now()) {
+            Action::Done => return,
+            other => tracing::debug!(action = ?std::mem::discriminant(&other), "action after Respond ignored"),
+        }
+    }
+}
+
+/// Turns the core's response into a hyper response.
+async fn respond(
+    state: &ServerState,
+    method: &Method,
+    resp: CoreResponse,
+    current: Option<Current>,
+    mut log: RequestLog,
+) -> Response<ResponseBody> {
+    log.status = resp.status.as_u16();
+    if let Some(x) = resp.x_cache {
+        log.x_cache = Some(x.as_str());
+        let result = match x {
+            XCache::Hit => "hit",
+            XCache::Miss => "miss",
+            XCache::Bypass => "bypass",
+        };
+        state.metrics.cache_request(&log.registry, log.kind, result);
+    }
+    let mut headers = resp.headers;
+    let body = match resp.body {
+        BodyPlan::Empty => ResponseBody::empty(),
+        BodyPlan::Bytes(bytes) => {
+            if method != Method::HEAD {
+                // The bytes are the body: their length wins over any relayed Content-Length.
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            }
+            ResponseBody::full(bytes)
+        }
+        BodyPlan::Upstream { verify, store } => {
+            // TODO(cache): with `store` set, hand the upstream body to a detached fill here and
+            // stream the client from the growing file (DESIGN.md §4); the no-op store keeps none.
+            let _ = store;
+            match current {
+                Some(_) if method == Method::HEAD => ResponseBody::empty(),
+                Some(cur) => {
+                    log.source = Source::Upstream;
+                    let verifier = verify.map(|d| Verifier::new(d, cur.content_length));
+                    ResponseBody::upstream(UpstreamStream::new(cur.body, state.client.idle_timeout(), verifier))
+                }
+                None => return internal_error(log, "no upstream body to relay"),
+            }
+        }
+        BodyPlan::Cache { key, range } => match state.store.open(&key, range).await {
+            Some(body) => {
+                log.source = Source::Cache;
+                ResponseBody::store(body)
+            }
+            None => return internal_error(log, "cache entry vanished"),
+        },
+    };
+    build(resp.status, headers, body.with_log(log))
+}
+
+fn internal_error(mut log: RequestLog, why: &str) -> Response<ResponseBody> {
+    tracing::error!(reason = why, "internal error");
+    let e = OciError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, "internal error");
+    log.status = e.status.as_u16();
+    build(e.status, e.headers(), ResponseBody::full(e.body()).with_log(log))
+}
+
+fn build(status: StatusCode, headers: HeaderMap, body: ResponseBody) -> Response<ResponseBody> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
+}
+
+/// Builds the core's view of the request. HTTP/1 absolute-form and authority-form targets are
+/// passed whole (the core refuses them); HTTP/2 requests always carry scheme and authority, so
+/// their target is the path and query, and `:authority` stands in for a missing `Host`.
+pub fn request_head(parts: &http::request::Parts, peer: Option<IpAddr>, tls: bool) -> RequestHead {
+    let mut headers = parts.headers.clone();
+    let target = if parts.version == Version::HTTP_2 {
+        if !headers.contains_key(header::HOST) {
+            if let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+        parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
+    } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri.to_string()
+    } else {
+        parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
+    };
+    RequestHead { method: parts.method.clone(), target, headers, peer: peer.map(|ip| ip.to_canonical()), tls }
+}
+
+/// The metrics `kind` of a request path (ping, auth, manifest, blob, other).
+pub fn kind_of(target: &str) -> &'static str {
+    let path = path_only(target);
+    match path {
+        "/v2" | "/v2/" => "ping",
+        "/v2/auth" => "auth",
+        _ if !path.starts_with("/v2/") => "other",
+        _ if path.contains("/blobs/uploads") => "other",
+        _ if path.contains("/manifests/") => "manifest",
+        _ if path.contains("/blobs/") => "blob",
+        _ => "other",
+    }
+}
+
+fn key_registry(key: &CacheKey) -> &str {
+    match key {
+        CacheKey::Blob { registry, .. } | CacheKey::Manifest { registry, .. } | CacheKey::Tag { registry, .. } => registry,
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `RateLimit-Remaining` (`97;w=21600` on Docker Hub) as a number.
+fn ratelimit_remaining(headers: &HeaderMap) -> Option<f64> {
+    let v = headers.get("ratelimit-remaining")?.to_str().ok()?;
+    v.split(';').next()?.trim().parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert_eq!(kind_of("/v2/"), "ping");
+        assert_eq!(kind_of("/v2"), "ping");
+        assert_eq!(kind_of("/v2/auth?scope=x"), "auth");
+        assert_eq!(kind_of("/v2/library/alpine/manifests/3"), "manifest");
+        assert_eq!(kind_of("/v2/library/alpine/blobs/sha256:abc"), "blob");
+        assert_eq!(kind_of("/v2/library/alpine/blobs/uploads/"), "other");
+        assert_eq!(kind_of("/health"), "other");
+    }
+
+    #[test]
+    fn ratelimit_header_parses_docker_hub_form() {
+        let mut h = HeaderMap::new();
+        h.insert("RateLimit-Remaining", HeaderValue::from_static("97;w=21600"));
+        assert_eq!(ratelimit_remaining(&h), Some(97.0));
+        h.insert("RateLimit-Remaining", HeaderValue::from_static("x"));
+        assert_eq!(ratelimit_remaining(&h), None);
+    }
+
+    #[test]
+    fn absolute_form_target_is_passed_whole() {
+        let req = Request::builder().uri("http://evil.example/v2/").body(()).unwrap();
+        let (parts, ()) = req.into_parts();
+        assert_eq!(request_head(&parts, None, false).target, "http://evil.example/v2/");
+        let req = Request::builder().uri("/v2/x/manifests/1?n=1").body(()).unwrap();
+        let (parts, ()) = req.into_parts();
+        assert_eq!(request_head(&parts, None, false).target, "/v2/x/manifests/1?n=1");
+    }
+
+    #[test]
+    fn h2_target_is_origin_form_and_authority_becomes_host() {
+        let req = Request::builder().version(Version::HTTP_2).uri("https://docker.example.com/v2/?x=1").body(()).unwrap();
+        let (parts, ()) = req.into_parts();
+        let head = request_head(&parts, Some("::ffff:127.0.0.1".parse().unwrap()), true);
+        assert_eq!(head.target, "/v2/?x=1");
+        assert_eq!(head.headers[header::HOST], "docker.example.com");
+        assert_eq!(head.peer, Some("127.0.0.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,175 @@
+//! Process-wide server state shared by every connection: the configuration, the upstream client,
+//! the cache store seam, metrics, readiness and the options that are not (yet) part of
+//! [`Config`].
+//!
+//! It holds no per-request data; per-request state lives in the core's `Exchange`.
+
+use std::hash::{BuildHasher, RandomState};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dockerproxy_core::{Config, Timestamp};
+
+use crate::metrics::Metrics;
+use crate::store::{NoopStore, Store};
+use crate::tls::{self, TlsError};
+use crate::upstream::UpstreamClient;
+
+/// Server settings that the core's [`Config`] does not carry (yet).
+///
+/// TODO(config): `Config` is expected to gain `listen`, `tls_cert`, `tls_key`, `http2`,
+/// `ca_bundle` and `json_logs`; once it does, [`ServerOptions::from_config`] reads them and the
+/// fields here become derived values only.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// PEM certificate chain and private key for a TLS listener; plain HTTP when `None`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Offer HTTP/2 (through ALPN on a TLS listener; plain listeners stay HTTP/1.1 so no
+    /// version sniff without a timeout is ever needed, SECURITY.md §2.14).
+    pub http2: bool,
+    /// Extra PEM CA bundle trusted for upstream TLS, in addition to the webpki roots.
+    pub ca_bundle: Option<PathBuf>,
+    /// Log as JSON lines.
+    pub json_logs: bool,
+    /// How long in-flight requests may finish after a shutdown signal (COMPAT.md §7.4).
+    pub drain_timeout: Duration,
+    /// Connection cap at accept (SECURITY.md §2.14).
+    pub max_connections: usize,
+    /// A client that reads nothing for this long is disconnected (COMPAT.md §7.4).
+    pub write_stall_timeout: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            tls: None,
+            http2: false,
+            ca_bundle: None,
+            json_logs: false,
+            drain_timeout: Duration::from_secs(15),
+            max_connections: 4096,
+            write_stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ServerOptions {
+    /// The options implied by `config` (defaults for everything it does not carry yet).
+    pub fn from_config(config: &Config) -> Self {
+        // TODO(config): read config.tls_cert / tls_key / http2 / ca_bundle / json_logs once the
+        // core's Config has them.
+        let _ = config;
+        Self::default()
+    }
+}
+
+/// Why the server state could not be built.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A TLS certificate, key or CA bundle could not be used.
+    Tls(TlsError),
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Tls(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+impl From<TlsError> for StartError {
+    fn from(e: TlsError) -> Self {
+        Self::Tls(e)
+    }
+}
+
+/// Everything the connections share.
+pub struct ServerState {
+    /// The validated configuration.
+    pub config: Arc<Config>,
+    /// Options not carried by `config`.
+    pub options: ServerOptions,
+    /// The upstream HTTP client (pooled).
+    pub client: UpstreamClient,
+    /// The cache store (a no-op until the cache lands).
+    pub store: Arc<dyn Store>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+    /// Server-side TLS, when configured.
+    pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    started: Instant,
+    draining: AtomicBool,
+    client_key: RandomState,
+}
+
+impl core::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ServerState").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl ServerState {
+    /// Builds the state from a configuration and explicit options.
+    pub fn new(config: Config, options: ServerOptions) -> Result<Self, StartError> {
+        let client_tls = tls::client_config(options.ca_bundle.as_deref())?;
+        let tls_acceptor = match &options.tls {
+            Some((cert, key)) => Some(tls::acceptor(cert, key, options.http2)?),
+            None => None,
+        };
+        let client = UpstreamClient::new(client_tls, &config.limits);
+        Ok(Self {
+            config: Arc::new(config),
+            options,
+            client,
+            store: Arc::new(NoopStore),
+            metrics: Metrics::default(),
+            tls_acceptor,
+            started: Instant::now(),
+            draining: AtomicBool::new(false),
+            client_key: RandomState::new(),
+        })
+    }
+
+    /// Replaces the cache store (the cache issue plugs its store in here).
+    pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Time since the state was built.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// True once shutdown began (`/readyz` answers 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Marks the start of shutdown.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// A short keyed hash of a client address for logs (SECURITY.md §2.17): stable within the
+    /// process, meaningless outside it.
+    pub fn client_tag(&self, peer: Option<IpAddr>) -> String {
+        match peer {
+            Some(ip) => format!("{:08x}", self.client_key.hash_one(ip) >> 32),
+            None => "-".to_owned(),
+        }
+    }
+}
+
+/// The current wall-clock time as the core's [`Timestamp`].
+pub fn now() -> Timestamp {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
