@@ -18,7 +18,11 @@ fn main() {
 fn config() -> Arc<Config> {
     let mut env = BTreeMap::new();
     env.insert("CUSTOM_DOMAIN".to_owned(), "example.com".to_owned());
-    Arc::new(dockerproxy_core::config::load(&env, None).expect("default config").0)
+    Arc::new(
+        dockerproxy_core::config::load(&env, None)
+            .expect("default config")
+            .0,
+    )
 }
 
 const PATH: &str = "/v2/library/busybox/manifests/sha256:0000000000000000000000000000000000000000000000000000000000000000";
@@ -27,7 +31,12 @@ const PATH: &str = "/v2/library/busybox/manifests/sha256:00000000000000000000000
 fn route_and_classify(bencher: divan::Bencher<'_, '_>) {
     let config = config();
     bencher.bench(|| {
-        let r = dockerproxy_core::route::route(&config, divan::black_box(Some("docker.example.com:8443")), PATH, Some("ns=docker.io"));
+        let r = dockerproxy_core::route::route(
+            &config,
+            divan::black_box(Some("docker.example.com:8443")),
+            PATH,
+            Some("ns=docker.io"),
+        );
         let c = dockerproxy_core::request::classify(divan::black_box(PATH));
         (r, c.is_ok())
     });
@@ -36,13 +45,30 @@ fn route_and_classify(bencher: divan::Bencher<'_, '_>) {
 #[divan::bench]
 fn cached_manifest_hit_exchange(bencher: divan::Bencher<'_, '_>) {
     let config = config();
-    let body = Bytes::from_static(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#);
+    let body = Bytes::from_static(
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#,
+    );
     let digest = Digest::parse(&PATH[PATH.len() - 71..]).expect("digest");
     let mut headers = HeaderMap::new();
-    headers.insert(http::header::HOST, HeaderValue::from_static("docker.example.com"));
-    headers.append(http::header::ACCEPT, HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"));
-    headers.append(http::header::ACCEPT, HeaderValue::from_static("application/vnd.oci.image.index.v1+json"));
-    let head = RequestHead { method: Method::GET, target: PATH.to_owned(), headers, peer: None, tls: false };
+    headers.insert(
+        http::header::HOST,
+        HeaderValue::from_static("docker.example.com"),
+    );
+    headers.append(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json"),
+    );
+    headers.append(
+        http::header::ACCEPT,
+        HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+    );
+    let head = RequestHead {
+        method: Method::GET,
+        target: PATH.to_owned(),
+        headers,
+        peer: None,
+        tls: false,
+    };
     let now = Timestamp::from_millis(1_790_000_000_000);
     bencher.bench(|| {
         let mut ex = Exchange::new(config.clone(), head.clone(), now);

@@ -47,7 +47,10 @@ impl std::error::Error for ChallengeError {}
 impl Challenge {
     /// The value of a parameter (name compared case-insensitively).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.params
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     /// True for the `Bearer` scheme.
     pub fn is_bearer(&self) -> bool {
@@ -70,7 +73,10 @@ impl Challenge {
         let mut out = String::with_capacity(self.scheme.len() + 16 * self.params.len());
         out.extend(self.scheme.chars().filter(|&c| is_tchar_char(c)));
         if let Some(t68) = self.token68() {
-            let t68: String = t68.chars().filter(|&c| is_token68_char(c) || c == '=').collect();
+            let t68: String = t68
+                .chars()
+                .filter(|&c| is_token68_char(c) || c == '=')
+                .collect();
             if !t68.is_empty() {
                 out.push(' ');
                 out.push_str(&t68);
@@ -115,7 +121,10 @@ pub fn parse(values: &[&[u8]]) -> Result<Vec<Challenge>, ChallengeError> {
         if value.len() > MAX_CHALLENGE_LEN || total > MAX_CHALLENGE_TOTAL_LEN {
             return Err(ChallengeError("header value too long"));
         }
-        if !value.iter().all(|&b| b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b)) {
+        if !value
+            .iter()
+            .all(|&b| b == b' ' || b == b'\t' || (0x21..=0x7e).contains(&b))
+        {
             return Err(ChallengeError("byte outside visible ASCII"));
         }
         Parser { s: value, pos: 0 }.challenges(&mut out)?;
@@ -132,8 +141,17 @@ pub fn rewrite(challenge: &Challenge, new_realm: &str) -> Challenge {
     }
     let mut params = Vec::with_capacity(challenge.params.len());
     params.push(("realm".to_owned(), new_realm.to_owned()));
-    params.extend(challenge.params.iter().filter(|(n, _)| !n.eq_ignore_ascii_case("realm")).cloned());
-    Challenge { scheme: challenge.scheme.clone(), params }
+    params.extend(
+        challenge
+            .params
+            .iter()
+            .filter(|(n, _)| !n.eq_ignore_ascii_case("realm"))
+            .cloned(),
+    );
+    Challenge {
+        scheme: challenge.scheme.clone(),
+        params,
+    }
 }
 
 /// `tchar` of RFC 9110 §5.6.2.
@@ -188,7 +206,9 @@ impl Parser<'_> {
             self.pos += 1;
         }
         // The whole value was checked to be ASCII, so this slice is UTF-8.
-        core::str::from_utf8(self.s.get(start..self.pos)?).ok().filter(|t| !t.is_empty())
+        core::str::from_utf8(self.s.get(start..self.pos)?)
+            .ok()
+            .filter(|t| !t.is_empty())
     }
 
     /// True when the text at the cursor is `token BWS "=" BWS` followed by a possible value (not
@@ -236,7 +256,9 @@ impl Parser<'_> {
         if p < self.s.len() && self.s.get(p) != Some(&b',') {
             return None;
         }
-        let t = core::str::from_utf8(self.s.get(start..end)?).ok()?.to_owned();
+        let t = core::str::from_utf8(self.s.get(start..end)?)
+            .ok()?
+            .to_owned();
         self.pos = end;
         Some(t)
     }
@@ -271,8 +293,14 @@ impl Parser<'_> {
     fn challenges(&mut self, out: &mut Vec<Challenge>) -> Result<(), ChallengeError> {
         self.skip_separators();
         while !self.at_end() {
-            let scheme = self.token().ok_or(ChallengeError("expected an auth-scheme"))?.to_owned();
-            let mut ch = Challenge { scheme, params: Vec::new() };
+            let scheme = self
+                .token()
+                .ok_or(ChallengeError("expected an auth-scheme"))?
+                .to_owned();
+            let mut ch = Challenge {
+                scheme,
+                params: Vec::new(),
+            };
             let had_space = matches!(self.peek(), Some(b' ' | b'\t'));
             self.skip_ows();
             if self.at_end() || self.peek() == Some(b',') {
@@ -284,7 +312,9 @@ impl Parser<'_> {
                 return Err(ChallengeError("expected a space after the auth-scheme"));
             }
             if !self.at_auth_param() {
-                let t68 = self.token68().ok_or(ChallengeError("expected token68 or auth-param"))?;
+                let t68 = self
+                    .token68()
+                    .ok_or(ChallengeError("expected token68 or auth-param"))?;
                 ch.params.push((String::new(), t68));
                 out.push(ch);
                 self.skip_separators();
@@ -299,7 +329,10 @@ impl Parser<'_> {
     /// Reads `auth-param *( OWS "," OWS auth-param )` and stops before the next challenge.
     fn params(&mut self, ch: &mut Challenge) -> Result<(), ChallengeError> {
         loop {
-            let name = self.token().ok_or(ChallengeError("expected a parameter name"))?.to_ascii_lowercase();
+            let name = self
+                .token()
+                .ok_or(ChallengeError("expected a parameter name"))?
+                .to_ascii_lowercase();
             self.skip_ows();
             if self.peek() != Some(b'=') {
                 return Err(ChallengeError("expected '='"));
@@ -308,7 +341,10 @@ impl Parser<'_> {
             self.skip_ows();
             let value = match self.peek() {
                 Some(b'"') => self.quoted_string()?,
-                _ => self.token().ok_or(ChallengeError("expected a parameter value"))?.to_owned(),
+                _ => self
+                    .token()
+                    .ok_or(ChallengeError("expected a parameter value"))?
+                    .to_owned(),
             };
             if ch.params.iter().any(|(n, _)| *n == name) {
                 return Err(ChallengeError("duplicate parameter"));
@@ -341,23 +377,36 @@ mod tests {
     fn ch(scheme: &str, params: &[(&str, &str)]) -> Challenge {
         Challenge {
             scheme: scheme.to_owned(),
-            params: params.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
+            params: params
+                .iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect(),
         }
     }
 
     #[test]
     fn docker_hub_challenge() {
-        let got = p(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#).unwrap();
+        let got = p(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io""#)
+            .unwrap();
         assert_eq!(
             got,
-            vec![ch("Bearer", &[("realm", "https://auth.docker.io/token"), ("service", "registry.docker.io")])]
+            vec![ch(
+                "Bearer",
+                &[
+                    ("realm", "https://auth.docker.io/token"),
+                    ("service", "registry.docker.io")
+                ]
+            )]
         );
     }
 
     #[test]
     fn names_lower_cased_tokens_and_bws() {
         let got = p("Bearer Realm = x , SERVICE=\"a b\"").unwrap();
-        assert_eq!(got, vec![ch("Bearer", &[("realm", "x"), ("service", "a b")])]);
+        assert_eq!(
+            got,
+            vec![ch("Bearer", &[("realm", "x"), ("service", "a b")])]
+        );
     }
 
     #[test]
@@ -368,7 +417,8 @@ mod tests {
 
     #[test]
     fn several_challenges_one_line() {
-        let got = p(r#"Basic realm="r", Bearer realm="x",scope="s", Negotiate abc==, NTLM"#).unwrap();
+        let got =
+            p(r#"Basic realm="r", Bearer realm="x",scope="s", Negotiate abc==, NTLM"#).unwrap();
         assert_eq!(
             got,
             vec![
@@ -381,13 +431,19 @@ mod tests {
         assert_eq!(got[2].token68(), Some("abc=="));
         assert_eq!(got[2].to_header_value(), "Negotiate abc==");
         // `abc=` is a token68, not a parameter without a value.
-        assert_eq!(p("Negotiate abc=, Basic realm=x").unwrap()[0], ch("Negotiate", &[("", "abc=")]));
+        assert_eq!(
+            p("Negotiate abc=, Basic realm=x").unwrap()[0],
+            ch("Negotiate", &[("", "abc=")])
+        );
     }
 
     #[test]
     fn empty_list_elements_and_empty_value() {
         assert_eq!(p("").unwrap(), vec![]);
-        assert_eq!(p(" , ,Basic realm=x,, ").unwrap(), vec![ch("Basic", &[("realm", "x")])]);
+        assert_eq!(
+            p(" , ,Basic realm=x,, ").unwrap(),
+            vec![ch("Basic", &[("realm", "x")])]
+        );
     }
 
     #[test]
@@ -421,7 +477,13 @@ mod tests {
     #[test]
     fn lines_concatenate() {
         let got = parse(&[b"Basic realm=x", b"Bearer realm=y"]).unwrap();
-        assert_eq!(got, vec![ch("Basic", &[("realm", "x")]), ch("Bearer", &[("realm", "y")])]);
+        assert_eq!(
+            got,
+            vec![
+                ch("Basic", &[("realm", "x")]),
+                ch("Bearer", &[("realm", "y")])
+            ]
+        );
     }
 
     #[test]
@@ -440,9 +502,26 @@ mod tests {
 
     #[test]
     fn rewrite_puts_realm_first() {
-        let c = ch("Bearer", &[("service", "svc"), ("realm", "https://t/token"), ("scope", "x")]);
+        let c = ch(
+            "Bearer",
+            &[
+                ("service", "svc"),
+                ("realm", "https://t/token"),
+                ("scope", "x"),
+            ],
+        );
         let r = rewrite(&c, "https://p/v2/auth");
-        assert_eq!(r, ch("Bearer", &[("realm", "https://p/v2/auth"), ("service", "svc"), ("scope", "x")]));
+        assert_eq!(
+            r,
+            ch(
+                "Bearer",
+                &[
+                    ("realm", "https://p/v2/auth"),
+                    ("service", "svc"),
+                    ("scope", "x")
+                ]
+            )
+        );
         assert_eq!(rewrite(&r, "https://p/v2/auth"), r);
     }
 

@@ -55,17 +55,29 @@ pub struct Origin {
 impl Origin {
     /// Parses `scheme://host[:port]` (a trailing `/` is allowed; a path, query or userinfo is not).
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
-        let u = url::Url::parse(s.trim()).map_err(|e| ConfigError::new("origin", format!("{s:?}: {e}")))?;
+        let u = url::Url::parse(s.trim())
+            .map_err(|e| ConfigError::new("origin", format!("{s:?}: {e}")))?;
         let scheme = match u.scheme() {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
-            other => return Err(ConfigError::new("origin", format!("{s:?}: scheme {other:?} is not http or https"))),
+            other => {
+                return Err(ConfigError::new(
+                    "origin",
+                    format!("{s:?}: scheme {other:?} is not http or https"),
+                ));
+            }
         };
         if !u.username().is_empty() || u.password().is_some() {
-            return Err(ConfigError::new("origin", format!("{s:?}: userinfo is not allowed")));
+            return Err(ConfigError::new(
+                "origin",
+                format!("{s:?}: userinfo is not allowed"),
+            ));
         }
         if u.path() != "/" || u.query().is_some() || u.fragment().is_some() {
-            return Err(ConfigError::new("origin", format!("{s:?}: must be an origin without path or query")));
+            return Err(ConfigError::new(
+                "origin",
+                format!("{s:?}: must be an origin without path or query"),
+            ));
         }
         let host = match u.host() {
             Some(url::Host::Domain(d)) => d.trim_end_matches('.').to_ascii_lowercase(),
@@ -161,7 +173,8 @@ pub struct Registry {
 impl Registry {
     /// True when `name` (lower-case) is this registry's name or one of its aliases.
     pub fn answers_to(&self, name: &str) -> bool {
-        self.name.eq_ignore_ascii_case(name) || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+        self.name.eq_ignore_ascii_case(name)
+            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
     }
 }
 
@@ -316,7 +329,10 @@ pub struct ConfigError {
 impl ConfigError {
     /// Builds an error.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -345,7 +361,7 @@ pub trait EnvSource {
 
 impl EnvSource for BTreeMap<String, String> {
     fn get(&self, name: &str) -> Option<String> {
-        BTreeMap::get(self, name).cloned()
+        Self::get(self, name).cloned()
     }
 }
 
@@ -378,6 +394,7 @@ impl Config {
 mod env;
 mod file;
 mod load;
+mod routes;
 pub use file::{
     ConfigFile, CredentialsFile, ExposureSetting, FlavourSetting, LimitsFile, RedirectsSetting,
     RouteFile, SchemeSetting, SizeValue, parse_file,

@@ -61,7 +61,9 @@ fn split_number(s: &str) -> (&str, &str, &str) {
     let int_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (int, rest) = s.split_at(int_end);
     if let Some(after_dot) = rest.strip_prefix('.') {
-        let frac_end = after_dot.find(|c: char| !c.is_ascii_digit()).unwrap_or(after_dot.len());
+        let frac_end = after_dot
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after_dot.len());
         let (frac, rest) = after_dot.split_at(frac_end);
         (int, frac, rest)
     } else {
@@ -124,7 +126,9 @@ fn parse_go(s: &str) -> Option<u128> {
         if had_dot && frac.is_empty() {
             return None;
         }
-        let unit_end = after.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(after.len());
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
         let (unit, next) = after.split_at(unit_end);
         let unit = go_unit(unit)?;
         total = total.checked_add(scale(int, frac, unit)?)?;
@@ -278,8 +282,26 @@ mod tests {
     #[test]
     fn invalid() {
         for s in [
-            "", " ", "1d12h", "1D", "-5m", "1", "5", "m", "1.s", "1.d", "+", "1h-5m", "1x", "1 h",
-            "+1d", ".5d", "300y", "99999999999999999999h", "1e3s", "0x10s",
+            "",
+            " ",
+            "1d12h",
+            "1D",
+            "-5m",
+            "1",
+            "5",
+            "m",
+            "1.s",
+            "1.d",
+            "+",
+            "1h-5m",
+            "1x",
+            "1 h",
+            "+1d",
+            ".5d",
+            "300y",
+            "99999999999999999999h",
+            "1e3s",
+            "0x10s",
         ] {
             assert!(parse_duration(s).is_err(), "{s:?} must be refused");
         }
@@ -295,16 +317,32 @@ mod tests {
         assert_eq!(f(90), "1m30s");
         assert_eq!(f(5), "5s");
         assert_eq!(format_go_duration(Duration::from_millis(1_500)), "1.5s");
-        assert_eq!(format_go_duration(Duration::from_millis(94_084_512)), "26h8m4.512s");
+        assert_eq!(
+            format_go_duration(Duration::from_millis(94_084_512)),
+            "26h8m4.512s"
+        );
         assert_eq!(format_go_duration(Duration::from_micros(1_500)), "1.5ms");
         assert_eq!(format_go_duration(Duration::from_nanos(1_500)), "1.5µs");
         assert_eq!(format_go_duration(Duration::from_nanos(999)), "999ns");
-        assert_eq!(format_go_duration(Duration::from_nanos(3_600_000_000_001)), "1h0m0.000000001s");
+        assert_eq!(
+            format_go_duration(Duration::from_nanos(3_600_000_000_001)),
+            "1h0m0.000000001s"
+        );
     }
 
     #[test]
     fn format_parse_round_trip() {
-        for n in [1u64, 999, 1_000, 1_500, 999_999, 1_000_000, 123_456_789, 1_000_000_000, 3_723_000_000_007] {
+        for n in [
+            1u64,
+            999,
+            1_000,
+            1_500,
+            999_999,
+            1_000_000,
+            123_456_789,
+            1_000_000_000,
+            3_723_000_000_007,
+        ] {
             let dur = Duration::from_nanos(n);
             assert_eq!(d(&format_go_duration(dur)), dur, "{n}");
         }
@@ -333,7 +371,15 @@ mod tests {
         assert_eq!(parse_size("7B"), Ok(7));
         assert_eq!(parse_size("1tb"), Ok(1_000_000_000_000));
         assert_eq!(parse_size("3TiB"), Ok(3 << 40));
-        for s in ["", "GiB", "-1", "10XB", "1.GiB", "99999999999999999999", "20000000TiB"] {
+        for s in [
+            "",
+            "GiB",
+            "-1",
+            "10XB",
+            "1.GiB",
+            "99999999999999999999",
+            "20000000TiB",
+        ] {
             assert!(parse_size(s).is_err(), "{s:?} must be refused");
         }
     }

@@ -71,23 +71,47 @@ pub struct OciError {
 impl OciError {
     /// Builds an error.
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// The JSON body, one line plus `\n`.
     pub fn body(&self) -> Bytes {
-        let v = serde_json::json!({
-            "errors": [{"code": self.code.as_str(), "message": self.message, "detail": null}]
-        });
-        let mut s = v.to_string();
-        s.push('\n');
-        Bytes::from(s)
+        // Built by hand to keep the spec's key order (`code`, `message`, `detail`); `json!`
+        // would sort the keys. The message is escaped by serde_json.
+        let message = serde_json::Value::String(self.message.clone()).to_string();
+        Bytes::from(format!(
+            "{{\"errors\":[{{\"code\":\"{}\",\"message\":{message},\"detail\":null}}]}}\n",
+            self.code.as_str()
+        ))
     }
 
     /// Headers every OCI error carries (`Content-Type`).
     pub fn headers(&self) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_keeps_spec_key_order_and_escapes() {
+        let e = OciError::new(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, "a \"b\"\n");
+        assert_eq!(
+            e.body(),
+            Bytes::from_static(b"{\"errors\":[{\"code\":\"NAME_UNKNOWN\",\"message\":\"a \\\"b\\\"\\n\",\"detail\":null}]}\n")
+        );
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["errors"][0]["message"], "a \"b\"\n");
     }
 }

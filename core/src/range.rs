@@ -29,10 +29,19 @@ pub fn decide(header: Option<&[u8]>, size: u64) -> RangeDecision {
     // `size - 1` below is safe: every branch that uses it has checked `size > 0`.
     match spec {
         Spec::FromTo(start, _) | Spec::From(start) if start >= size => RangeDecision::Unsatisfiable,
-        Spec::FromTo(start, end) => RangeDecision::Partial { start, end: end.min(size - 1) },
-        Spec::From(start) => RangeDecision::Partial { start, end: size - 1 },
+        Spec::FromTo(start, end) => RangeDecision::Partial {
+            start,
+            end: end.min(size - 1),
+        },
+        Spec::From(start) => RangeDecision::Partial {
+            start,
+            end: size - 1,
+        },
         Spec::Suffix(n) if n == 0 || size == 0 => RangeDecision::Unsatisfiable,
-        Spec::Suffix(n) => RangeDecision::Partial { start: size - n.min(size), end: size - 1 },
+        Spec::Suffix(n) => RangeDecision::Partial {
+            start: size - n.min(size),
+            end: size - 1,
+        },
     }
 }
 
@@ -117,12 +126,24 @@ mod tests {
         assert_eq!(d("bytes=-0", 5), Unsatisfiable);
         assert_eq!(d("BYTES = 1 - 3", 5), Partial { start: 1, end: 3 });
         assert_eq!(d(" bytes=\t1-3 ", 5), Partial { start: 1, end: 3 });
-        assert_eq!(d("bytes=0-18446744073709551615", 5), Partial { start: 0, end: 4 });
+        assert_eq!(
+            d("bytes=0-18446744073709551615", 5),
+            Partial { start: 0, end: 4 }
+        );
         assert_eq!(
             d("bytes=18446744073709551614-", u64::MAX),
-            Partial { start: u64::MAX - 1, end: u64::MAX - 1 }
+            Partial {
+                start: u64::MAX - 1,
+                end: u64::MAX - 1
+            }
         );
-        assert_eq!(d("bytes=-18446744073709551615", u64::MAX), Partial { start: 0, end: u64::MAX - 1 });
+        assert_eq!(
+            d("bytes=-18446744073709551615", u64::MAX),
+            Partial {
+                start: 0,
+                end: u64::MAX - 1
+            }
+        );
     }
 
     #[test]

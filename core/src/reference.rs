@@ -99,15 +99,23 @@ impl Digest {
             "sha512" => Algorithm::Sha512,
             _ => return Err(DigestError::Unsupported),
         };
-        let lower_hex = encoded.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let lower_hex = encoded
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if encoded.len() != algorithm.hex_len() || !lower_hex {
             return Err(DigestError::Invalid);
         }
-        Ok(Self { algorithm, hex: encoded.to_owned() })
+        Ok(Self {
+            algorithm,
+            hex: encoded.to_owned(),
+        })
     }
     /// Builds a digest from raw hash output.
     pub fn from_hash(algorithm: Algorithm, hash: &[u8]) -> Self {
-        Self { algorithm, hex: hex::encode(hash) }
+        Self {
+            algorithm,
+            hex: hex::encode(hash),
+        }
     }
     /// The algorithm.
     pub fn algorithm(&self) -> Algorithm {
@@ -161,7 +169,9 @@ impl Reference {
                 DigestError::Unsupported => ReferenceError::UnsupportedDigest,
             })
         } else {
-            Tag::parse(s).map(Self::Tag).ok_or(ReferenceError::InvalidTag)
+            Tag::parse(s)
+                .map(Self::Tag)
+                .ok_or(ReferenceError::InvalidTag)
         }
     }
 }
@@ -225,7 +235,9 @@ pub fn is_valid_tag(s: &str) -> bool {
     };
     bytes.len() <= MAX_TAG_LEN
         && (first.is_ascii_alphanumeric() || first == b'_')
-        && rest.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && rest
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// The digest `algorithm` grammar: `[a-z0-9]+` components joined by single `[+._-]`.
@@ -243,7 +255,9 @@ fn is_valid_algorithm(s: &str) -> bool {
 
 /// The digest `encoded` grammar: `[a-zA-Z0-9=_-]+`.
 fn is_valid_encoded(s: &str) -> bool {
-    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'))
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -263,15 +277,40 @@ mod tests {
             "a/manifests/b",
             "blobs",
         ] {
-            assert_eq!(Name::parse(n).map(|x| x.as_str().to_owned()), Some(n.to_owned()), "{n}");
+            assert_eq!(
+                Name::parse(n).map(|x| x.as_str().to_owned()),
+                Some(n.to_owned()),
+                "{n}"
+            );
         }
     }
 
     #[test]
     fn names_rejected() {
         for n in [
-            "", "A", "Library/busybox", "a/", "/a", "a//b", "a__", "a___b", "a._b", "a-.b", "a_-b",
-            "-a", ".a", "_a", "a..b", "a/.b", "a/../b", "..", "a:b", "a b", "a%2fb", "é", "a\0b",
+            "",
+            "A",
+            "Library/busybox",
+            "a/",
+            "/a",
+            "a//b",
+            "a__",
+            "a___b",
+            "a._b",
+            "a-.b",
+            "a_-b",
+            "-a",
+            ".a",
+            "_a",
+            "a..b",
+            "a/.b",
+            "a/../b",
+            "..",
+            "a:b",
+            "a b",
+            "a%2fb",
+            "é",
+            "a\0b",
             "a\u{0}",
         ] {
             assert!(Name::parse(n).is_none(), "{n:?}");
@@ -295,7 +334,11 @@ mod tests {
     #[test]
     fn tags() {
         for t in ["latest", "_x", "1.0", "V1.2-rc_3", "A", "__", "a..b", "a--"] {
-            assert_eq!(Tag::parse(t).map(|x| x.as_str().to_owned()), Some(t.to_owned()), "{t}");
+            assert_eq!(
+                Tag::parse(t).map(|x| x.as_str().to_owned()),
+                Some(t.to_owned()),
+                "{t}"
+            );
         }
         for t in ["", ".x", "-x", "a:b", "a/b", "a b", "é", "a+b"] {
             assert!(Tag::parse(t).is_none(), "{t:?}");
@@ -351,28 +394,48 @@ mod tests {
     #[test]
     fn digests_unsupported() {
         let sha384 = format!("sha384:{HEX64}{}", &HEX64[..32]);
-        for d in [sha384.as_str(), "md5:abc", "multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8", "a.b-c_d+e:x="] {
+        for d in [
+            sha384.as_str(),
+            "md5:abc",
+            "multihash+base58:QmRZxt2b1FVZPNqd8hsiykDL3TdBDeTSPX9Kv46HmX4Gx8",
+            "a.b-c_d+e:x=",
+        ] {
             assert_eq!(Digest::parse(d), Err(DigestError::Unsupported), "{d:?}");
         }
     }
 
     #[test]
     fn references() {
-        assert_eq!(Reference::parse("latest").map(|r| r.to_string()), Ok("latest".to_owned()));
+        assert_eq!(
+            Reference::parse("latest").map(|r| r.to_string()),
+            Ok("latest".to_owned())
+        );
         let s = format!("sha256:{HEX64}");
         assert!(matches!(Reference::parse(&s), Ok(Reference::Digest(_))));
-        assert_eq!(Reference::parse("sha256:abc"), Err(ReferenceError::InvalidDigest));
-        assert_eq!(Reference::parse("md5:abc"), Err(ReferenceError::UnsupportedDigest));
+        assert_eq!(
+            Reference::parse("sha256:abc"),
+            Err(ReferenceError::InvalidDigest)
+        );
+        assert_eq!(
+            Reference::parse("md5:abc"),
+            Err(ReferenceError::UnsupportedDigest)
+        );
         assert_eq!(Reference::parse(".bad"), Err(ReferenceError::InvalidTag));
         assert_eq!(Reference::parse(""), Err(ReferenceError::InvalidTag));
-        assert_eq!(Reference::parse("a:b:c"), Err(ReferenceError::InvalidDigest));
+        assert_eq!(
+            Reference::parse("a:b:c"),
+            Err(ReferenceError::InvalidDigest)
+        );
     }
 
     #[test]
     fn from_hash_and_storage_path() {
         let d = Digest::from_hash(Algorithm::Sha256, &[0xab; 32]);
         assert_eq!(d.hex(), "ab".repeat(32));
-        assert_eq!(d.storage_path(), format!("blobs/sha256/ab/{}", "ab".repeat(32)));
+        assert_eq!(
+            d.storage_path(),
+            format!("blobs/sha256/ab/{}", "ab".repeat(32))
+        );
         assert_eq!(Digest::parse(&d.to_string()), Ok(d));
     }
 }

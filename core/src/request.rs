@@ -124,12 +124,18 @@ fn classify_repository_path(rest: &str) -> Result<Classified, OciError> {
         "blobs" if has_name2 && last == "uploads" => RegistryRequest::Upload { name: name(head2)? },
         "blobs" if has_name2 => {
             let name = name(head2)?;
-            RegistryRequest::Blob { name, digest: digest(last)? }
+            RegistryRequest::Blob {
+                name,
+                digest: digest(last)?,
+            }
         }
         "tags" if has_name2 && last == "list" => RegistryRequest::Tags { name: name(head2)? },
         "referrers" if has_name2 => {
             let name = name(head2)?;
-            RegistryRequest::Referrers { name, digest: digest(last)? }
+            RegistryRequest::Referrers {
+                name,
+                digest: digest(last)?,
+            }
         }
         // `<name>/blobs/uploads/<session>`, the session possibly empty (`.../uploads/`).
         "uploads" => match head2.rsplit_once('/') {
@@ -159,7 +165,11 @@ fn upload_with_long_session(rest: &str) -> Classified {
 /// Validates a repository name (400 `NAME_INVALID`).
 fn name(s: &str) -> Result<Name, OciError> {
     Name::parse(s).ok_or_else(|| {
-        OciError::new(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, "invalid repository name")
+        OciError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::NameInvalid,
+            "invalid repository name",
+        )
     })
 }
 
@@ -174,9 +184,11 @@ fn digest(s: &str) -> Result<Digest, OciError> {
 /// Maps a `<reference>` error to its 400.
 fn reference_error(e: ReferenceError) -> OciError {
     match e {
-        ReferenceError::InvalidTag => {
-            OciError::new(StatusCode::BAD_REQUEST, ErrorCode::TagInvalid, "invalid tag")
-        }
+        ReferenceError::InvalidTag => OciError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::TagInvalid,
+            "invalid tag",
+        ),
         ReferenceError::InvalidDigest => digest_invalid(),
         ReferenceError::UnsupportedDigest => digest_unsupported(),
     }
@@ -184,17 +196,29 @@ fn reference_error(e: ReferenceError) -> OciError {
 
 /// 400 `DIGEST_INVALID` for a malformed digest.
 fn digest_invalid() -> OciError {
-    OciError::new(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, "invalid digest")
+    OciError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::DigestInvalid,
+        "invalid digest",
+    )
 }
 
 /// 400 `DIGEST_INVALID` for a grammar-valid digest of an unsupported algorithm.
 fn digest_unsupported() -> OciError {
-    OciError::new(StatusCode::BAD_REQUEST, ErrorCode::DigestInvalid, "unsupported digest algorithm")
+    OciError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::DigestInvalid,
+        "unsupported digest algorithm",
+    )
 }
 
 /// 400 `NAME_INVALID` "invalid path" for a path that fails the shape checks.
 fn invalid_path() -> OciError {
-    OciError::new(StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, "invalid path")
+    OciError::new(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::NameInvalid,
+        "invalid path",
+    )
 }
 
 /// Percent-decodes `path` once and applies the shape checks of SECURITY.md §2.2. `None` for an
@@ -223,7 +247,10 @@ pub fn decode_path(path: &str) -> Option<String> {
         }
         out.push(char::from(byte));
     }
-    if out.split('/').any(|segment| segment == "." || segment == "..") {
+    if out
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
         return None;
     }
     Some(out)
@@ -275,7 +302,17 @@ mod tests {
         assert_eq!(reg("/v2/"), RegistryRequest::Base);
         assert_eq!(reg("/v2/auth"), RegistryRequest::Auth);
         assert_eq!(reg("/v2/_catalog"), RegistryRequest::Catalog);
-        for other in ["", "/health", "/v3/", "/v2x", "/V2/", "/a/b/c/d", "/v2/auth/", "/v2/foo", "/v2/a/b/"] {
+        for other in [
+            "",
+            "/health",
+            "/v3/",
+            "/v2x",
+            "/V2/",
+            "/a/b/c/d",
+            "/v2/auth/",
+            "/v2/foo",
+            "/v2/a/b/",
+        ] {
             assert_eq!(classify(other), Ok(Classified::Other), "{other}");
         }
     }
@@ -291,7 +328,13 @@ mod tests {
         );
         let by_digest = reg(&format!("/v2/a/manifests/sha256:{HEX64}"));
         assert_eq!(by_digest.name(), Some(&n("a")));
-        assert!(matches!(by_digest, RegistryRequest::Manifest { reference: Reference::Digest(_), .. }));
+        assert!(matches!(
+            by_digest,
+            RegistryRequest::Manifest {
+                reference: Reference::Digest(_),
+                ..
+            }
+        ));
         // `:` percent-encoded is decoded once.
         let encoded = reg(&format!("/v2/a/manifests/sha256%3A{HEX64}"));
         assert_eq!(encoded, by_digest);
@@ -304,7 +347,12 @@ mod tests {
         let r = reg(&format!("/v2/blobs/blobs/sha256:{HEX64}"));
         assert!(matches!(r, RegistryRequest::Blob { .. }));
         assert_eq!(r.name(), Some(&n("blobs")));
-        assert_eq!(reg("/v2/tags/list/tags/list"), RegistryRequest::Tags { name: n("tags/list") });
+        assert_eq!(
+            reg("/v2/tags/list/tags/list"),
+            RegistryRequest::Tags {
+                name: n("tags/list")
+            }
+        );
     }
 
     #[test]
@@ -312,13 +360,22 @@ mod tests {
         let d = Digest::parse(&format!("sha256:{HEX64}")).expect("digest");
         assert_eq!(
             reg(&format!("/v2/x/y/blobs/sha256:{HEX64}")),
-            RegistryRequest::Blob { name: n("x/y"), digest: d.clone() }
+            RegistryRequest::Blob {
+                name: n("x/y"),
+                digest: d.clone()
+            }
         );
         assert_eq!(
             reg(&format!("/v2/x/referrers/sha256:{HEX64}")),
-            RegistryRequest::Referrers { name: n("x"), digest: d }
+            RegistryRequest::Referrers {
+                name: n("x"),
+                digest: d
+            }
         );
-        assert_eq!(reg("/v2/x/tags/list"), RegistryRequest::Tags { name: n("x") });
+        assert_eq!(
+            reg("/v2/x/tags/list"),
+            RegistryRequest::Tags { name: n("x") }
+        );
         for up in [
             "/v2/x/blobs/uploads/",
             "/v2/x/blobs/uploads",
@@ -334,18 +391,30 @@ mod tests {
 
     #[test]
     fn bad_names_tags_digests() {
-        assert_eq!(code("/v2/Foo/manifests/latest"), Some(ErrorCode::NameInvalid));
+        assert_eq!(
+            code("/v2/Foo/manifests/latest"),
+            Some(ErrorCode::NameInvalid)
+        );
         assert_eq!(code("/v2//manifests/latest"), Some(ErrorCode::NameInvalid));
         assert_eq!(code("/v2/a__-b/tags/list"), Some(ErrorCode::NameInvalid));
         let long = format!("/v2/{}/tags/list", "a".repeat(256));
         assert_eq!(code(&long), Some(ErrorCode::NameInvalid));
         let ok = format!("/v2/{}/tags/list", "a".repeat(255));
-        assert!(matches!(classify(&ok), Ok(Classified::Registry(RegistryRequest::Tags { .. }))));
+        assert!(matches!(
+            classify(&ok),
+            Ok(Classified::Registry(RegistryRequest::Tags { .. }))
+        ));
         assert_eq!(code("/v2/a/manifests/.bad"), Some(ErrorCode::TagInvalid));
         assert_eq!(code("/v2/a/manifests/"), Some(ErrorCode::TagInvalid));
-        assert_eq!(code(&format!("/v2/a/manifests/{}", "t".repeat(129))), Some(ErrorCode::TagInvalid));
+        assert_eq!(
+            code(&format!("/v2/a/manifests/{}", "t".repeat(129))),
+            Some(ErrorCode::TagInvalid)
+        );
         assert!(classify(&format!("/v2/a/manifests/{}", "t".repeat(128))).is_ok());
-        assert_eq!(code("/v2/a/manifests/sha256:abc"), Some(ErrorCode::DigestInvalid));
+        assert_eq!(
+            code("/v2/a/manifests/sha256:abc"),
+            Some(ErrorCode::DigestInvalid)
+        );
         assert_eq!(code("/v2/a/blobs/latest"), Some(ErrorCode::DigestInvalid));
         let upper = format!("/v2/a/blobs/sha256:{}", HEX64.to_uppercase());
         assert_eq!(code(&upper), Some(ErrorCode::DigestInvalid));
@@ -353,7 +422,10 @@ mod tests {
         assert_eq!(code(&short), Some(ErrorCode::DigestInvalid));
         let sha384 = format!("/v2/a/blobs/sha384:{HEX64}{}", &HEX64[..32]);
         assert_eq!(code(&sha384), Some(ErrorCode::DigestInvalid));
-        assert_eq!(code("/v2/a/referrers/md5:x"), Some(ErrorCode::DigestInvalid));
+        assert_eq!(
+            code("/v2/a/referrers/md5:x"),
+            Some(ErrorCode::DigestInvalid)
+        );
         // Name is checked before the reference (SECURITY.md §2.2 order).
         assert_eq!(code("/v2/A/manifests/.bad"), Some(ErrorCode::NameInvalid));
     }
@@ -382,7 +454,15 @@ mod tests {
             "/x/../v2/",
         ] {
             let e = classify(p).expect_err(p);
-            assert_eq!((e.status, e.code, e.message.as_str()), (StatusCode::BAD_REQUEST, ErrorCode::NameInvalid, "invalid path"), "{p:?}");
+            assert_eq!(
+                (e.status, e.code, e.message.as_str()),
+                (
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::NameInvalid,
+                    "invalid path"
+                ),
+                "{p:?}"
+            );
         }
     }
 
@@ -390,12 +470,24 @@ mod tests {
     fn decoded_exactly_once() {
         // `%252F` decodes to the literal text `%2F`, which is not a name character.
         let e = classify("/v2/a%252Fb/tags/list").expect_err("double-encoded slash");
-        assert_eq!((e.code, e.message.as_str()), (ErrorCode::NameInvalid, "invalid repository name"));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::NameInvalid, "invalid repository name")
+        );
         assert_eq!(decode_path("/v2/a%252Fb"), Some("/v2/a%2Fb".to_owned()));
-        assert_eq!(code("/v2/a/manifests/%252e%252e"), Some(ErrorCode::TagInvalid));
-        assert_eq!(reg("/v2/%61/tags/list"), RegistryRequest::Tags { name: n("a") });
+        assert_eq!(
+            code("/v2/a/manifests/%252e%252e"),
+            Some(ErrorCode::TagInvalid)
+        );
+        assert_eq!(
+            reg("/v2/%61/tags/list"),
+            RegistryRequest::Tags { name: n("a") }
+        );
         // Dots inside a segment are not dot segments.
-        assert_eq!(reg("/v2/a.b/tags/list"), RegistryRequest::Tags { name: n("a.b") });
+        assert_eq!(
+            reg("/v2/a.b/tags/list"),
+            RegistryRequest::Tags { name: n("a.b") }
+        );
         assert_eq!(code("/v2/.../tags/list"), Some(ErrorCode::NameInvalid));
     }
 
@@ -406,7 +498,12 @@ mod tests {
         let p = format!("/v2/{}x", "blobs/uploads/".repeat(10_000));
         assert_eq!(code(&p), Some(ErrorCode::NameInvalid));
         let p = format!("/v2/{}x/y", "blobs/uploads/".repeat(10_000));
-        assert_eq!(reg(&p), RegistryRequest::Upload { name: n("blobs/uploads") });
+        assert_eq!(
+            reg(&p),
+            RegistryRequest::Upload {
+                name: n("blobs/uploads")
+            }
+        );
         let p = format!("/v2/{}blobs/uploads/x/y", "A/".repeat(10_000));
         assert_eq!(classify(&p), Ok(Classified::Other));
     }

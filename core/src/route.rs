@@ -44,7 +44,10 @@ pub fn normalize_host(raw: &str) -> Option<HostPort> {
         let close = after.find(']')?;
         let addr: Ipv6Addr = after[..close].parse().ok()?;
         let port = parse_port(after[close + 1..].strip_prefix(':'), &after[close + 1..])?;
-        return Some(HostPort { host: format!("[{addr}]"), port });
+        return Some(HostPort {
+            host: format!("[{addr}]"),
+            port,
+        });
     }
     let (host, port) = match s.matches(':').count() {
         0 => (s.as_str(), None),
@@ -58,7 +61,10 @@ pub fn normalize_host(raw: &str) -> Option<HostPort> {
     if host.is_empty() {
         return None;
     }
-    Some(HostPort { host: host.to_owned(), port })
+    Some(HostPort {
+        host: host.to_owned(),
+        port,
+    })
 }
 
 /// `Some(None)` for no port, `Some(Some(p))` for a valid one, `None` when unusable.
@@ -93,7 +99,9 @@ pub fn is_valid_host(host: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         })
 }
 
@@ -151,16 +159,26 @@ struct HostMatch {
 
 fn match_host(config: &Config, host: &str) -> Option<HostMatch> {
     if let Some((name, id)) = config.hosts.get_key_value(host) {
-        return Some(HostMatch { kind: HostKind::Route, own: Some(*id), public_host: name.clone() });
+        return Some(HostMatch {
+            kind: HostKind::Route,
+            own: Some(*id),
+            public_host: name.clone(),
+        });
     }
     if let Some(name) = config.mirror_hosts.iter().find(|m| *m == host) {
-        return Some(HostMatch { kind: HostKind::Mirror, own: None, public_host: name.clone() });
+        return Some(HostMatch {
+            kind: HostKind::Mirror,
+            own: None,
+            public_host: name.clone(),
+        });
     }
     // The fallback host ends up in realms, so it must be a plain DNS name or IP literal.
     match config.debug_fallback {
-        Some(id) if id < config.registries.len() && is_valid_host(host) => {
-            Some(HostMatch { kind: HostKind::DebugFallback, own: Some(id), public_host: host.to_owned() })
-        }
+        Some(id) if id < config.registries.len() && is_valid_host(host) => Some(HostMatch {
+            kind: HostKind::DebugFallback,
+            own: Some(id),
+            public_host: host.to_owned(),
+        }),
         _ => None,
     }
 }
@@ -179,7 +197,9 @@ fn read_ns(config: &Config, query: Option<&str>) -> Ns {
     let Some((_, value)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "ns") else {
         return Ns::Absent;
     };
-    let Some(hp) = normalize_host(&value) else { return Ns::Invalid };
+    let Some(hp) = normalize_host(&value) else {
+        return Ns::Invalid;
+    };
     if !is_valid_host(&hp.host) {
         return Ns::Invalid;
     }
@@ -203,7 +223,11 @@ fn split_prefix(path: &str) -> Option<(&str, String)> {
     if seg.is_empty() {
         return None;
     }
-    let forwarded = if tail.is_empty() || tail == "/" { "/v2/".to_owned() } else { format!("/v2{tail}") };
+    let forwarded = if tail.is_empty() || tail == "/" {
+        "/v2/".to_owned()
+    } else {
+        format!("/v2{tail}")
+    };
     Some((seg, forwarded))
 }
 
@@ -214,12 +238,18 @@ fn name_invalid(message: &str) -> OciError {
 /// Routes a request. `host` is the effective host value (the caller has already substituted a
 /// trusted `X-Forwarded-Host`), `path` the raw path, `query` the raw query without `?`.
 pub fn route(config: &Config, host: Option<&str>, path: &str, query: Option<&str>) -> RouteResult {
-    let Some(hp) = host.and_then(normalize_host) else { return RouteResult::UnknownHost };
-    let Some(m) = match_host(config, &hp.host) else { return RouteResult::UnknownHost };
+    let Some(hp) = host.and_then(normalize_host) else {
+        return RouteResult::UnknownHost;
+    };
+    let Some(m) = match_host(config, &hp.host) else {
+        return RouteResult::UnknownHost;
+    };
 
     // Step 3: path prefix. On a bound host its own names count even when shadowed by another
     // registry's alias (a debug fallback named `registry-1.docker.io`).
-    let own = m.own.and_then(|id| config.registries.get(id).map(|r| (id, r)));
+    let own = m
+        .own
+        .and_then(|id| config.registries.get(id).map(|r| (id, r)));
     let prefix = split_prefix(path).and_then(|(seg, fwd)| {
         let seg = seg.to_ascii_lowercase();
         match own {
@@ -233,7 +263,11 @@ pub fn route(config: &Config, host: Option<&str>, path: &str, query: Option<&str
         Ns::Absent => None,
         Ns::Invalid => return RouteResult::Error(name_invalid("invalid ns parameter"), None),
         Ns::NotServed => {
-            let e = OciError::new(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, "registry not served by this proxy");
+            let e = OciError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NameUnknown,
+                "registry not served by this proxy",
+            );
             return RouteResult::Error(e, None);
         }
         Ns::Served(id, name) => match own {
@@ -241,21 +275,32 @@ pub fn route(config: &Config, host: Option<&str>, path: &str, query: Option<&str
             _ => Some(id),
         },
     };
-    let echo = ns.and_then(|id| config.registries.get(id)).map(|r| r.name.clone());
+    let echo = ns
+        .and_then(|id| config.registries.get(id))
+        .map(|r| r.name.clone());
 
     let registry = match own {
         Some((own_id, _)) => {
             if prefix.as_ref().is_some_and(|(id, _)| *id != own_id) {
-                return RouteResult::Error(name_invalid("path prefix names another registry than this host's"), echo);
+                return RouteResult::Error(
+                    name_invalid("path prefix names another registry than this host's"),
+                    echo,
+                );
             }
             if ns.is_some_and(|id| id != own_id) {
-                return RouteResult::Error(name_invalid("ns names another registry than this host's"), echo);
+                return RouteResult::Error(
+                    name_invalid("ns names another registry than this host's"),
+                    echo,
+                );
             }
             own_id
         }
         None => match (&prefix, ns) {
             (Some((p, _)), Some(n)) if *p != n => {
-                return RouteResult::Error(name_invalid("path prefix and ns name different registries"), echo);
+                return RouteResult::Error(
+                    name_invalid("path prefix and ns name different registries"),
+                    echo,
+                );
             }
             (Some((p, _)), _) => *p,
             (None, Some(n)) => n,
@@ -267,7 +312,10 @@ pub fn route(config: &Config, host: Option<&str>, path: &str, query: Option<&str
     };
 
     let realm_ns = m.kind == HostKind::Mirror && (prefix.is_some() || ns.is_some());
-    let prefix_name = prefix.as_ref().and_then(|_| config.registries.get(registry)).map(|r| r.name.clone());
+    let prefix_name = prefix
+        .as_ref()
+        .and_then(|_| config.registries.get(registry))
+        .map(|r| r.name.clone());
     let path = prefix.map_or_else(|| path.to_owned(), |(_, fwd)| fwd);
     RouteResult::Routed(Routed {
         registry,
@@ -291,7 +339,12 @@ struct Listing<'a> {
 /// `hide_routes` an OCI `NAME_UNKNOWN` error. One line plus `\n`.
 pub fn unknown_host_body(config: &Config) -> Bytes {
     if config.hide_routes {
-        return OciError::new(StatusCode::NOT_FOUND, ErrorCode::NameUnknown, "unknown host").body();
+        return OciError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NameUnknown,
+            "unknown host",
+        )
+        .body();
     }
     let mut routes = std::collections::BTreeMap::new();
     for (host, id) in &config.hosts {
@@ -299,12 +352,18 @@ pub fn unknown_host_body(config: &Config) -> Bytes {
             routes.insert(host.as_str(), r.origin.to_url_string());
         }
     }
-    if let Some(hub) = config.registry_by_name("docker.io").and_then(|id| config.registries.get(id)) {
+    if let Some(hub) = config
+        .registry_by_name("docker.io")
+        .and_then(|id| config.registries.get(id))
+    {
         for m in &config.mirror_hosts {
             routes.insert(m.as_str(), hub.origin.to_url_string());
         }
     }
-    let listing = Listing { message: "Available registry routes", routes };
+    let listing = Listing {
+        message: "Available registry routes",
+        routes,
+    };
     // Serialising a struct of strings cannot fail; an empty object is the harmless fallback.
     let mut s = serde_json::to_string(&listing).unwrap_or_else(|_| "{}".to_owned());
     s.push('\n');
@@ -316,38 +375,94 @@ mod tests {
     use super::*;
 
     fn hp(host: &str, port: Option<u16>) -> Option<HostPort> {
-        Some(HostPort { host: host.to_owned(), port })
+        Some(HostPort {
+            host: host.to_owned(),
+            port,
+        })
     }
 
     #[test]
     fn normalize() {
-        assert_eq!(normalize_host("docker.example.com:8443"), hp("docker.example.com", Some(8443)));
-        assert_eq!(normalize_host(" DOCKER.Example.COM. "), hp("docker.example.com", None));
-        assert_eq!(normalize_host("docker.example.com.:80"), hp("docker.example.com", Some(80)));
-        assert_eq!(normalize_host("[2001:DB8::1]:5000"), hp("[2001:db8::1]", Some(5000)));
+        assert_eq!(
+            normalize_host("docker.example.com:8443"),
+            hp("docker.example.com", Some(8443))
+        );
+        assert_eq!(
+            normalize_host(" DOCKER.Example.COM. "),
+            hp("docker.example.com", None)
+        );
+        assert_eq!(
+            normalize_host("docker.example.com.:80"),
+            hp("docker.example.com", Some(80))
+        );
+        assert_eq!(
+            normalize_host("[2001:DB8::1]:5000"),
+            hp("[2001:db8::1]", Some(5000))
+        );
         assert_eq!(normalize_host("[2001:db8:0::1]"), hp("[2001:db8::1]", None));
         assert_eq!(normalize_host("2001:db8::1"), hp("2001:db8::1", None));
         assert_eq!(normalize_host("host:"), hp("host", None));
-        for bad in ["", "  ", ".", ":80", "host:0", "host:65536", "host:8o", "host:+80", "[::1", "[::1]x", "[x]", "a b", "h\u{e9}"] {
+        for bad in [
+            "",
+            "  ",
+            ".",
+            ":80",
+            "host:0",
+            "host:65536",
+            "host:8o",
+            "host:+80",
+            "[::1",
+            "[::1]x",
+            "[x]",
+            "a b",
+            "h\u{e9}",
+        ] {
             assert_eq!(normalize_host(bad), None, "{bad:?}");
         }
     }
 
     #[test]
     fn valid_hosts() {
-        for ok in ["example.com", "a", "127.0.0.1", "[::1]", "k8s-gcr.example.com", "x1.y2"] {
+        for ok in [
+            "example.com",
+            "a",
+            "127.0.0.1",
+            "[::1]",
+            "k8s-gcr.example.com",
+            "x1.y2",
+        ] {
             assert!(is_valid_host(ok), "{ok}");
         }
-        for bad in ["", "*.example.com", "a..b", "-a.com", "a-.com", "a_b.com", "A.com", "a.com:80", "[x]", "::1"] {
+        for bad in [
+            "",
+            "*.example.com",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "a_b.com",
+            "A.com",
+            "a.com:80",
+            "[x]",
+            "::1",
+        ] {
             assert!(!is_valid_host(bad), "{bad}");
         }
     }
 
     #[test]
     fn prefix_split() {
-        assert_eq!(split_prefix("/v2/ghcr.io"), Some(("ghcr.io", "/v2/".to_owned())));
-        assert_eq!(split_prefix("/v2/ghcr.io/"), Some(("ghcr.io", "/v2/".to_owned())));
-        assert_eq!(split_prefix("/v2/ghcr.io/a/b"), Some(("ghcr.io", "/v2/a/b".to_owned())));
+        assert_eq!(
+            split_prefix("/v2/ghcr.io"),
+            Some(("ghcr.io", "/v2/".to_owned()))
+        );
+        assert_eq!(
+            split_prefix("/v2/ghcr.io/"),
+            Some(("ghcr.io", "/v2/".to_owned()))
+        );
+        assert_eq!(
+            split_prefix("/v2/ghcr.io/a/b"),
+            Some(("ghcr.io", "/v2/a/b".to_owned()))
+        );
         assert_eq!(split_prefix("/v2/"), None);
         assert_eq!(split_prefix("/v2"), None);
         assert_eq!(split_prefix("/x/ghcr.io"), None);

@@ -34,8 +34,16 @@ impl Scope {
     /// on `,` as written, so [`Display`](core::fmt::Display) gives back the input.
     pub fn parse(s: &str) -> Option<Self> {
         let (kind, name, actions) = split3(s)?;
-        let actions = if actions.is_empty() { Vec::new() } else { actions.split(',').map(str::to_owned).collect() };
-        Some(Self { kind: kind.to_owned(), name: name.to_owned(), actions })
+        let actions = if actions.is_empty() {
+            Vec::new()
+        } else {
+            actions.split(',').map(str::to_owned).collect()
+        };
+        Some(Self {
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            actions,
+        })
     }
 
     /// True for a `repository` scope, with or without a resource class (`repository(plugin)`),
@@ -91,7 +99,13 @@ pub fn transform(scope: &str, rules: &ScopeRules<'_>) -> String {
         return scope.to_owned();
     }
     let stripped = match parsed.name.split_once('/') {
-        Some((first, rest)) if !rest.is_empty() && rules.registry_names.iter().any(|r| r.eq_ignore_ascii_case(first)) => {
+        Some((first, rest))
+            if !rest.is_empty()
+                && rules
+                    .registry_names
+                    .iter()
+                    .any(|r| r.eq_ignore_ascii_case(first)) =>
+        {
             Some(rest.to_owned())
         }
         _ => None,
@@ -128,13 +142,19 @@ pub fn query_scopes(query: &str) -> Vec<String> {
         .map(|(_, v)| v.into_owned())
         .take(MAX_SCOPES)
         .collect();
-    split_scopes(values.iter().map(String::as_str)).into_iter().map(str::to_owned).collect()
+    split_scopes(values.iter().map(String::as_str))
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The registry prefix of the first repository scope whose name starts with a known registry
 /// name (`repository:ghcr.io/owner/img:pull` → `ghcr.io`), used to route `/v2/auth` on a mirror
 /// host.
-pub fn registry_prefix<'a>(scopes: &[&'a str], is_registry: impl Fn(&str) -> bool) -> Option<&'a str> {
+pub fn registry_prefix<'a>(
+    scopes: &[&'a str],
+    is_registry: impl Fn(&str) -> bool,
+) -> Option<&'a str> {
     scopes.iter().find_map(|s| {
         let (kind, name, _) = split3(s)?;
         if !is_repository_kind(kind) {
@@ -149,7 +169,12 @@ pub fn registry_prefix<'a>(scopes: &[&'a str], is_registry: impl Fn(&str) -> boo
 /// upstream challenge, omitted when it has none), one `scope` parameter per scope in order, then
 /// `other` (the client's remaining parameters, see [`passthrough_params`]). Any fragment is
 /// dropped.
-pub fn token_query(realm: &url::Url, service: Option<&str>, scopes: &[String], other: &[(String, String)]) -> url::Url {
+pub fn token_query(
+    realm: &url::Url,
+    service: Option<&str>,
+    scopes: &[String],
+    other: &[(String, String)],
+) -> url::Url {
     let mut url = realm.clone();
     url.set_fragment(None);
     if service.is_some() || !scopes.is_empty() || !other.is_empty() {
@@ -195,7 +220,11 @@ impl std::error::Error for FormError {}
 /// transformed with [`transform`] (at most [`MAX_SCOPES`] in all); `ns` is dropped. Every other
 /// field (`grant_type`, `username`, `password`, `refresh_token`, `client_id`, `access_type`, ...)
 /// is kept byte for byte, so a password is never re-encoded.
-pub fn transform_form(form: &[u8], service: Option<&str>, rules: &ScopeRules<'_>) -> Result<Vec<u8>, FormError> {
+pub fn transform_form(
+    form: &[u8],
+    service: Option<&str>,
+    rules: &ScopeRules<'_>,
+) -> Result<Vec<u8>, FormError> {
     if form.len() > MAX_FORM_LEN {
         return Err(FormError("form too large"));
     }
@@ -216,8 +245,11 @@ pub fn transform_form(form: &[u8], service: Option<&str>, rules: &ScopeRules<'_>
                 service_done = true;
             }
             "scope" => {
-                let scopes: Vec<String> =
-                    split_scopes([value.as_ref()]).into_iter().take(scopes_left).map(|s| transform(s, rules)).collect();
+                let scopes: Vec<String> = split_scopes([value.as_ref()])
+                    .into_iter()
+                    .take(scopes_left)
+                    .map(|s| transform(s, rules))
+                    .collect();
                 scopes_left -= scopes.len();
                 if !scopes.is_empty() {
                     fields.push(encode_pair("scope", &scopes.join(" ")));
@@ -233,16 +265,26 @@ pub fn transform_form(form: &[u8], service: Option<&str>, rules: &ScopeRules<'_>
 }
 
 fn encode_pair(name: &str, value: &str) -> Vec<u8> {
-    form_urlencoded::Serializer::new(String::new()).append_pair(name, value).finish().into_bytes()
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair(name, value)
+        .finish()
+        .into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const HUB: ScopeRules<'static> =
-        ScopeRules { registry_names: &["docker.io", "registry-1.docker.io"], docker_hub: true, allow_push: false };
-    const GHCR: ScopeRules<'static> = ScopeRules { registry_names: &["ghcr.io"], docker_hub: false, allow_push: false };
+    const HUB: ScopeRules<'static> = ScopeRules {
+        registry_names: &["docker.io", "registry-1.docker.io"],
+        docker_hub: true,
+        allow_push: false,
+    };
+    const GHCR: ScopeRules<'static> = ScopeRules {
+        registry_names: &["ghcr.io"],
+        docker_hub: false,
+        allow_push: false,
+    };
 
     #[test]
     fn parse_first_and_last_colon() {
@@ -253,41 +295,89 @@ mod tests {
         assert_eq!(s.to_string(), "repository:localhost:5000/foo:pull,push");
         assert_eq!(Scope::parse("repository:foo"), None);
         assert_eq!(Scope::parse("nocolon"), None);
-        assert_eq!(Scope::parse("repository:x:").unwrap().actions, Vec::<String>::new());
-        assert_eq!(Scope::parse("a:b:pull,,push").unwrap().to_string(), "a:b:pull,,push");
+        assert_eq!(
+            Scope::parse("repository:x:").unwrap().actions,
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            Scope::parse("a:b:pull,,push").unwrap().to_string(),
+            "a:b:pull,,push"
+        );
     }
 
     #[test]
     fn transform_hub() {
-        assert_eq!(transform("repository:busybox:pull", &HUB), "repository:library/busybox:pull");
-        assert_eq!(transform("repository:docker.io/busybox:pull", &HUB), "repository:library/busybox:pull");
-        assert_eq!(transform("repository:Docker.IO/foo/bar:pull", &HUB), "repository:foo/bar:pull");
-        assert_eq!(transform("repository:library/busybox:*", &HUB), "repository:library/busybox:pull");
-        assert_eq!(transform("repository:busybox:", &HUB), "repository:library/busybox:");
+        assert_eq!(
+            transform("repository:busybox:pull", &HUB),
+            "repository:library/busybox:pull"
+        );
+        assert_eq!(
+            transform("repository:docker.io/busybox:pull", &HUB),
+            "repository:library/busybox:pull"
+        );
+        assert_eq!(
+            transform("repository:Docker.IO/foo/bar:pull", &HUB),
+            "repository:foo/bar:pull"
+        );
+        assert_eq!(
+            transform("repository:library/busybox:*", &HUB),
+            "repository:library/busybox:pull"
+        );
+        assert_eq!(
+            transform("repository:busybox:", &HUB),
+            "repository:library/busybox:"
+        );
         assert_eq!(transform("registry:catalog:*", &HUB), "registry:catalog:*");
-        assert_eq!(transform("Repository:foo/bar:push", &HUB), "Repository:foo/bar:pull");
-        assert_eq!(transform("repository(plugin):vieux/sshfs:push", &HUB), "repository(plugin):vieux/sshfs:pull");
+        assert_eq!(
+            transform("Repository:foo/bar:push", &HUB),
+            "Repository:foo/bar:pull"
+        );
+        assert_eq!(
+            transform("repository(plugin):vieux/sshfs:push", &HUB),
+            "repository(plugin):vieux/sshfs:pull"
+        );
         assert_eq!(transform("garbage", &HUB), "garbage");
     }
 
     #[test]
     fn transform_prefix_only_own_registry() {
-        assert_eq!(transform("repository:ghcr.io/owner/img:pull", &GHCR), "repository:owner/img:pull");
-        assert_eq!(transform("repository:quay.io/owner/img:pull", &GHCR), "repository:quay.io/owner/img:pull");
+        assert_eq!(
+            transform("repository:ghcr.io/owner/img:pull", &GHCR),
+            "repository:owner/img:pull"
+        );
+        assert_eq!(
+            transform("repository:quay.io/owner/img:pull", &GHCR),
+            "repository:quay.io/owner/img:pull"
+        );
         // Only one prefix is removed, and never down to an empty name.
-        assert_eq!(transform("repository:ghcr.io/ghcr.io/x:pull", &GHCR), "repository:ghcr.io/x:pull");
-        assert_eq!(transform("repository:ghcr.io/:pull", &GHCR), "repository:ghcr.io/:pull");
+        assert_eq!(
+            transform("repository:ghcr.io/ghcr.io/x:pull", &GHCR),
+            "repository:ghcr.io/x:pull"
+        );
+        assert_eq!(
+            transform("repository:ghcr.io/:pull", &GHCR),
+            "repository:ghcr.io/:pull"
+        );
     }
 
     #[test]
     fn transform_allow_push_keeps_actions() {
-        let rules = ScopeRules { allow_push: true, ..GHCR };
-        assert_eq!(transform("repository:foo/bar:pull,push", &rules), "repository:foo/bar:pull,push");
+        let rules = ScopeRules {
+            allow_push: true,
+            ..GHCR
+        };
+        assert_eq!(
+            transform("repository:foo/bar:pull,push", &rules),
+            "repository:foo/bar:pull,push"
+        );
     }
 
     #[test]
     fn split_and_cap() {
-        assert_eq!(split_scopes(["a:b:c  d:e:f", "", "g:h:i"]), ["a:b:c", "d:e:f", "g:h:i"]);
+        assert_eq!(
+            split_scopes(["a:b:c  d:e:f", "", "g:h:i"]),
+            ["a:b:c", "d:e:f", "g:h:i"]
+        );
         let many = vec!["x:y:z"; MAX_SCOPES + 5];
         assert_eq!(split_scopes(many).len(), MAX_SCOPES);
         let long = format!("repository:{}:pull", "a".repeat(MAX_SCOPE_LEN));
@@ -297,16 +387,35 @@ mod tests {
     #[test]
     fn query_scopes_decode() {
         assert_eq!(
-            query_scopes("scope=repository%3Aa%3Apull%20repository:b:pull&service=x&scope=registry:catalog:*+c:d:e"),
-            ["repository:a:pull", "repository:b:pull", "registry:catalog:*", "c:d:e"]
+            query_scopes(
+                "scope=repository%3Aa%3Apull%20repository:b:pull&service=x&scope=registry:catalog:*+c:d:e"
+            ),
+            [
+                "repository:a:pull",
+                "repository:b:pull",
+                "registry:catalog:*",
+                "c:d:e"
+            ]
         );
     }
 
     #[test]
     fn prefix_of_first_repository_scope() {
         let is_reg = |s: &str| matches!(s, "ghcr.io" | "docker.io");
-        assert_eq!(registry_prefix(&["registry:catalog:*", "repository:ghcr.io/o/i:pull"], is_reg), Some("ghcr.io"));
-        assert_eq!(registry_prefix(&["repository:foo/bar:pull", "repository:docker.io/x:pull"], is_reg), Some("docker.io"));
+        assert_eq!(
+            registry_prefix(
+                &["registry:catalog:*", "repository:ghcr.io/o/i:pull"],
+                is_reg
+            ),
+            Some("ghcr.io")
+        );
+        assert_eq!(
+            registry_prefix(
+                &["repository:foo/bar:pull", "repository:docker.io/x:pull"],
+                is_reg
+            ),
+            Some("docker.io")
+        );
         assert_eq!(registry_prefix(&["repository:busybox:pull"], is_reg), None);
         assert_eq!(registry_prefix(&["repository:ghcr.io/:pull"], is_reg), None);
     }
@@ -314,16 +423,29 @@ mod tests {
     #[test]
     fn token_query_keeps_realm_query() {
         let realm = url::Url::parse("https://t.example/token?a=1#frag").unwrap();
-        let u = token_query(&realm, Some("svc"), &["repository:x/y:pull".to_owned()], &[("account".into(), "u".into())]);
-        assert_eq!(u.as_str(), "https://t.example/token?a=1&service=svc&scope=repository%3Ax%2Fy%3Apull&account=u");
+        let u = token_query(
+            &realm,
+            Some("svc"),
+            &["repository:x/y:pull".to_owned()],
+            &[("account".into(), "u".into())],
+        );
+        assert_eq!(
+            u.as_str(),
+            "https://t.example/token?a=1&service=svc&scope=repository%3Ax%2Fy%3Apull&account=u"
+        );
         let bare = url::Url::parse("https://t.example/token").unwrap();
-        assert_eq!(token_query(&bare, None, &[], &[]).as_str(), "https://t.example/token");
+        assert_eq!(
+            token_query(&bare, None, &[], &[]).as_str(),
+            "https://t.example/token"
+        );
     }
 
     #[test]
     fn passthrough_filters() {
         assert_eq!(
-            passthrough_params("ns=ghcr.io&account=a%20b&scope=x&service=s&client_id=docker&offline_token=true"),
+            passthrough_params(
+                "ns=ghcr.io&account=a%20b&scope=x&service=s&client_id=docker&offline_token=true"
+            ),
             vec![
                 ("account".to_owned(), "a b".to_owned()),
                 ("client_id".to_owned(), "docker".to_owned()),
@@ -346,7 +468,12 @@ mod tests {
 
     #[test]
     fn form_service_appended_or_dropped() {
-        let out = transform_form(b"grant_type=refresh_token&refresh_token=r", Some("s"), &GHCR).unwrap();
+        let out = transform_form(
+            b"grant_type=refresh_token&refresh_token=r",
+            Some("s"),
+            &GHCR,
+        )
+        .unwrap();
         assert_eq!(out, b"grant_type=refresh_token&refresh_token=r&service=s");
         let out = transform_form(b"service=x&service=y&grant_type=password", None, &GHCR).unwrap();
         assert_eq!(out, b"grant_type=password");

@@ -28,7 +28,10 @@ pub struct Token {
 
 impl core::fmt::Debug for Token {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Token").field("value", &"<redacted>").field("expires_at", &self.expires_at).finish()
+        f.debug_struct("Token")
+            .field("value", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
     }
 }
 
@@ -56,15 +59,20 @@ pub fn parse_token_response(body: &[u8], now: Timestamp) -> Result<Token, TokenE
     if body.len() > MAX_TOKEN_BODY {
         return Err(TokenError("token response too large"));
     }
-    let json: serde_json::Value = serde_json::from_slice(body).map_err(|_| TokenError("token response is not JSON"))?;
-    let obj = json.as_object().ok_or(TokenError("token response is not a JSON object"))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| TokenError("token response is not JSON"))?;
+    let obj = json
+        .as_object()
+        .ok_or(TokenError("token response is not a JSON object"))?;
     let value = ["token", "access_token"]
         .iter()
         .filter_map(|k| obj.get(*k).and_then(serde_json::Value::as_str))
         .find(|t| !t.is_empty())
         .ok_or(TokenError("token response has no token"))?;
     if !value.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-        return Err(TokenError("token holds a character not allowed in a header"));
+        return Err(TokenError(
+            "token holds a character not allowed in a header",
+        ));
     }
     let lifetime = match obj.get("expires_in").and_then(serde_json::Value::as_f64) {
         Some(secs) if secs > 0.0 => {
@@ -80,8 +88,15 @@ pub fn parse_token_response(body: &[u8], now: Timestamp) -> Result<Token, TokenE
         .map(Timestamp::from_millis)
         .filter(|t| *t <= now)
         .unwrap_or(now);
-    let usable = if TOKEN_MARGIN >= lifetime { lifetime / 2 } else { lifetime - TOKEN_MARGIN };
-    Ok(Token { value: value.to_owned(), expires_at: issued + usable })
+    let usable = if TOKEN_MARGIN >= lifetime {
+        lifetime / 2
+    } else {
+        lifetime - TOKEN_MARGIN
+    };
+    Ok(Token {
+        value: value.to_owned(),
+        expires_at: issued + usable,
+    })
 }
 
 /// Parses an RFC 3339 date-time (`YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`) into milliseconds since
@@ -91,7 +106,9 @@ pub fn parse_rfc3339_millis(s: &str) -> Option<u64> {
     let b = s.as_bytes();
     let num = |from: usize, len: usize| -> Option<i64> {
         let digits = b.get(from..from.checked_add(len)?)?;
-        digits.iter().try_fold(0i64, |acc, &d| d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0')))
+        digits.iter().try_fold(0i64, |acc, &d| {
+            d.is_ascii_digit().then(|| acc * 10 + i64::from(d - b'0'))
+        })
     };
     let sep = |at: usize, allowed: &[u8]| b.get(at).is_some_and(|c| allowed.contains(c));
     if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
@@ -119,7 +136,11 @@ pub fn parse_rfc3339_millis(s: &str) -> Option<u64> {
         }
         // First three fractional digits, right-padded: ".5" is 500 ms.
         for i in 0..3 {
-            let d = if start + i < pos { b.get(start + i).map_or(0, |d| i64::from(d - b'0')) } else { 0 };
+            let d = if start + i < pos {
+                b.get(start + i).map_or(0, |d| i64::from(d - b'0'))
+            } else {
+                0
+            };
             millis = millis * 10 + d;
         }
     }
@@ -135,7 +156,8 @@ pub fn parse_rfc3339_millis(s: &str) -> Option<u64> {
         }
         _ => return None,
     };
-    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    let secs = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second
+        - offset_secs;
     u64::try_from(secs.checked_mul(1000)?.checked_add(millis)?).ok()
 }
 
@@ -177,8 +199,14 @@ pub fn identity_hash(key: &[u8; 32], credential: &[u8]) -> u64 {
     block[..32].copy_from_slice(key);
     let ipad = block.map(|b| b ^ 0x36);
     let opad = block.map(|b| b ^ 0x5c);
-    let inner = Sha256::new().chain_update(ipad).chain_update(credential).finalize();
-    let outer = Sha256::new().chain_update(opad).chain_update(inner).finalize();
+    let inner = Sha256::new()
+        .chain_update(ipad)
+        .chain_update(credential)
+        .finalize();
+    let outer = Sha256::new()
+        .chain_update(opad)
+        .chain_update(inner)
+        .finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&outer[..8]);
     u64::from_be_bytes(first)
@@ -232,7 +260,13 @@ impl TokenKey {
     ) -> Self {
         scopes.sort();
         scopes.dedup();
-        Self { registry: registry.into(), realm: realm.into(), service, scopes, identity }
+        Self {
+            registry: registry.into(),
+            realm: realm.into(),
+            service,
+            scopes,
+            identity,
+        }
     }
 }
 
@@ -272,7 +306,10 @@ impl Default for TokenCache {
 impl TokenCache {
     /// A cache holding at most `capacity` keys (at least one).
     pub fn new(capacity: usize) -> Self {
-        Self { entries: BTreeMap::new(), capacity: capacity.max(1) }
+        Self {
+            entries: BTreeMap::new(),
+            capacity: capacity.max(1),
+        }
     }
 
     /// Number of keys held (tokens and fetches in flight).
@@ -288,8 +325,12 @@ impl TokenCache {
     /// Looks up `key` at `now`.
     pub fn lookup(&mut self, key: &TokenKey, now: Timestamp) -> TokenLookup {
         match self.entries.get_mut(key) {
-            Some(Entry::Ready(token)) if now < token.expires_at => return TokenLookup::Hit(token.clone()),
-            Some(Entry::Fetching { since }) if now.saturating_since(*since) < FETCH_TIMEOUT => return TokenLookup::Wait,
+            Some(Entry::Ready(token)) if now < token.expires_at => {
+                return TokenLookup::Hit(token.clone());
+            }
+            Some(Entry::Fetching { since }) if now.saturating_since(*since) < FETCH_TIMEOUT => {
+                return TokenLookup::Wait;
+            }
             // Expired token, or a stale fetch taken over.
             Some(entry) => {
                 *entry = Entry::Fetching { since: now };
@@ -298,7 +339,8 @@ impl TokenCache {
             None => {}
         }
         self.make_room(Some(now));
-        self.entries.insert(key.clone(), Entry::Fetching { since: now });
+        self.entries
+            .insert(key.clone(), Entry::Fetching { since: now });
         TokenLookup::Fetch
     }
 
@@ -364,13 +406,34 @@ mod tests {
     #[test]
     fn rfc3339_values() {
         assert_eq!(parse_rfc3339_millis("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339_millis("2026-11-29T12:00:00Z"), Some(NOW.as_millis()));
-        assert_eq!(parse_rfc3339_millis("2026-11-29T12:00:00.123456789Z"), Some(NOW.as_millis() + 123));
-        assert_eq!(parse_rfc3339_millis("2026-11-29t12:00:00.5z"), Some(NOW.as_millis() + 500));
-        assert_eq!(parse_rfc3339_millis("2026-11-29T13:30:00+01:30"), Some(NOW.as_millis()));
-        assert_eq!(parse_rfc3339_millis("2026-11-29T10:00:00-02:00"), Some(NOW.as_millis()));
-        assert_eq!(parse_rfc3339_millis("2000-02-29T00:00:00Z"), Some(951_782_400_000));
-        assert_eq!(parse_rfc3339_millis("2024-12-31T23:59:59Z"), Some(1_735_689_599_000));
+        assert_eq!(
+            parse_rfc3339_millis("2026-11-29T12:00:00Z"),
+            Some(NOW.as_millis())
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-11-29T12:00:00.123456789Z"),
+            Some(NOW.as_millis() + 123)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-11-29t12:00:00.5z"),
+            Some(NOW.as_millis() + 500)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-11-29T13:30:00+01:30"),
+            Some(NOW.as_millis())
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-11-29T10:00:00-02:00"),
+            Some(NOW.as_millis())
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2024-12-31T23:59:59Z"),
+            Some(1_735_689_599_000)
+        );
     }
 
     #[test]
@@ -401,8 +464,14 @@ mod tests {
 
     #[test]
     fn token_field_precedence() {
-        assert_eq!(parse(r#"{"token":"a","access_token":"b"}"#).unwrap().value, "a");
-        assert_eq!(parse(r#"{"token":"","access_token":"b"}"#).unwrap().value, "b");
+        assert_eq!(
+            parse(r#"{"token":"a","access_token":"b"}"#).unwrap().value,
+            "a"
+        );
+        assert_eq!(
+            parse(r#"{"token":"","access_token":"b"}"#).unwrap().value,
+            "b"
+        );
         assert_eq!(parse(r#"{"access_token":"b"}"#).unwrap().value, "b");
         assert!(parse(r#"{"token":""}"#).is_err());
         assert!(parse(r#"{"token":5}"#).is_err());
@@ -416,21 +485,54 @@ mod tests {
     fn lifetime_default_clamp_and_margin() {
         let s = |secs: u64| NOW + Duration::from_secs(secs);
         assert_eq!(parse(r#"{"token":"t"}"#).unwrap().expires_at, s(50));
-        assert_eq!(parse(r#"{"token":"t","expires_in":0}"#).unwrap().expires_at, s(50));
-        assert_eq!(parse(r#"{"token":"t","expires_in":-5}"#).unwrap().expires_at, s(50));
-        assert_eq!(parse(r#"{"token":"t","expires_in":"300"}"#).unwrap().expires_at, s(50));
-        assert_eq!(parse(r#"{"token":"t","expires_in":300}"#).unwrap().expires_at, s(290));
-        assert_eq!(parse(r#"{"token":"t","expires_in":1e300}"#).unwrap().expires_at, s(3590));
-        assert_eq!(parse(r#"{"token":"t","expires_in":99999999999999999999}"#).unwrap().expires_at, s(3590));
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":0}"#).unwrap().expires_at,
+            s(50)
+        );
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":-5}"#)
+                .unwrap()
+                .expires_at,
+            s(50)
+        );
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":"300"}"#)
+                .unwrap()
+                .expires_at,
+            s(50)
+        );
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":300}"#)
+                .unwrap()
+                .expires_at,
+            s(290)
+        );
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":1e300}"#)
+                .unwrap()
+                .expires_at,
+            s(3590)
+        );
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":99999999999999999999}"#)
+                .unwrap()
+                .expires_at,
+            s(3590)
+        );
         // Margin ≥ lifetime: half the lifetime.
-        assert_eq!(parse(r#"{"token":"t","expires_in":8}"#).unwrap().expires_at, s(4));
+        assert_eq!(
+            parse(r#"{"token":"t","expires_in":8}"#).unwrap().expires_at,
+            s(4)
+        );
     }
 
     #[test]
     fn issued_at_honoured_unless_future_or_bad() {
-        let t = parse(r#"{"token":"t","expires_in":300,"issued_at":"2026-11-29T11:58:00Z"}"#).unwrap();
+        let t =
+            parse(r#"{"token":"t","expires_in":300,"issued_at":"2026-11-29T11:58:00Z"}"#).unwrap();
         assert_eq!(t.expires_at, NOW + Duration::from_secs(170));
-        let t = parse(r#"{"token":"t","expires_in":300,"issued_at":"2026-11-29T12:05:00Z"}"#).unwrap();
+        let t =
+            parse(r#"{"token":"t","expires_in":300,"issued_at":"2026-11-29T12:05:00Z"}"#).unwrap();
         assert_eq!(t.expires_at, NOW + Duration::from_secs(290));
         let t = parse(r#"{"token":"t","expires_in":300,"issued_at":"yesterday"}"#).unwrap();
         assert_eq!(t.expires_at, NOW + Duration::from_secs(290));
@@ -447,25 +549,46 @@ mod tests {
         // RFC 4231 test case 2: key "Jefe" (zero-padded keys give the same HMAC).
         let mut key = [0u8; 32];
         key[..4].copy_from_slice(b"Jefe");
-        assert_eq!(identity_hash(&key, b"what do ya want for nothing?"), 0x5bdc_c146_bf60_754e);
+        assert_eq!(
+            identity_hash(&key, b"what do ya want for nothing?"),
+            0x5bdc_c146_bf60_754e
+        );
         // Test case 1: key 0x0b × 20, "Hi There".
         let mut key = [0u8; 32];
         key[..20].fill(0x0b);
         assert_eq!(identity_hash(&key, b"Hi There"), 0xb034_4c61_d8db_3853);
-        assert_ne!(identity_hash(&key, b"Hi There"), identity_hash(&[1; 32], b"Hi There"));
+        assert_ne!(
+            identity_hash(&key, b"Hi There"),
+            identity_hash(&[1; 32], b"Hi There")
+        );
     }
 
     fn key(n: u8) -> TokenKey {
-        TokenKey::new("docker.io", "https://auth.docker.io/token", None, vec![format!("repository:r{n}:pull")], Identity::Anonymous)
+        TokenKey::new(
+            "docker.io",
+            "https://auth.docker.io/token",
+            None,
+            vec![format!("repository:r{n}:pull")],
+            Identity::Anonymous,
+        )
     }
 
     fn tok(v: &str, exp: Timestamp) -> Token {
-        Token { value: v.to_owned(), expires_at: exp }
+        Token {
+            value: v.to_owned(),
+            expires_at: exp,
+        }
     }
 
     #[test]
     fn key_scopes_sorted_deduped() {
-        let k = TokenKey::new("r", "x", None, vec!["b".into(), "a".into(), "b".into()], Identity::Configured);
+        let k = TokenKey::new(
+            "r",
+            "x",
+            None,
+            vec!["b".into(), "a".into(), "b".into()],
+            Identity::Configured,
+        );
         assert_eq!(k.scopes, ["a", "b"]);
     }
 
@@ -473,7 +596,10 @@ mod tests {
     fn stale_fetch_taken_over() {
         let mut c = TokenCache::new(4);
         assert_eq!(c.lookup(&key(1), NOW), TokenLookup::Fetch);
-        assert_eq!(c.lookup(&key(1), NOW + Duration::from_secs(29)), TokenLookup::Wait);
+        assert_eq!(
+            c.lookup(&key(1), NOW + Duration::from_secs(29)),
+            TokenLookup::Wait
+        );
         assert_eq!(c.lookup(&key(1), NOW + FETCH_TIMEOUT), TokenLookup::Fetch);
         assert_eq!(c.lookup(&key(1), NOW + FETCH_TIMEOUT), TokenLookup::Wait);
     }
@@ -483,7 +609,10 @@ mod tests {
         let mut c = TokenCache::new(4);
         c.complete(key(1), tok("a", NOW + Duration::from_secs(60)));
         c.fail(&key(1));
-        assert_eq!(c.lookup(&key(1), NOW), TokenLookup::Hit(tok("a", NOW + Duration::from_secs(60))));
+        assert_eq!(
+            c.lookup(&key(1), NOW),
+            TokenLookup::Hit(tok("a", NOW + Duration::from_secs(60)))
+        );
         assert_eq!(c.lookup(&key(2), NOW), TokenLookup::Fetch);
         c.invalidate(&key(2));
         assert_eq!(c.lookup(&key(2), NOW), TokenLookup::Wait);

@@ -42,7 +42,8 @@ fn bearer_with_realm() -> impl Strategy<Value = Challenge> {
     (challenge(), value(), 0usize..6).prop_map(|(mut c, realm, at)| {
         c.scheme = "Bearer".to_owned();
         c.params.retain(|(n, _)| n != "realm");
-        c.params.insert(at.min(c.params.len()), ("realm".to_owned(), realm));
+        c.params
+            .insert(at.min(c.params.len()), ("realm".to_owned(), realm));
         c
     })
 }

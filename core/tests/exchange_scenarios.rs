@@ -30,7 +30,9 @@ fn fake_hub(req: &dockerproxy_core::exchange::UpstreamRequest) -> Result<Reply, 
         if !auth.is_empty() {
             return Ok(Reply::new(400).body("<Error>Authorization not allowed</Error>"));
         }
-        return Ok(Reply::new(200).header("content-type", "application/octet-stream").body(blob));
+        return Ok(Reply::new(200)
+            .header("content-type", "application/octet-stream")
+            .body(blob));
     }
     if req.url.host_str() == Some("auth.test") {
         return Ok(Reply::new(200)
@@ -60,7 +62,10 @@ fn fake_hub(req: &dockerproxy_core::exchange::UpstreamRequest) -> Result<Reply, 
             .body(MANIFEST));
     }
     if url.contains(&format!("/blobs/{blob_digest}")) {
-        return Ok(Reply::new(307).header("location", format!("https://cdn.test/blob/{blob_digest}?sig=secret")));
+        return Ok(Reply::new(307).header(
+            "location",
+            format!("https://cdn.test/blob/{blob_digest}?sig=secret"),
+        ));
     }
     Ok(Reply::new(404).json(r#"{"errors":[{"code":"BLOB_UNKNOWN","message":"x","detail":null}]}"#))
 }
@@ -77,12 +82,19 @@ fn anonymous_docker_hub_pull() {
         t.header("www-authenticate").unwrap(),
         r#"Bearer realm="http://docker.example.com/v2/auth",service="registry.docker.io""#
     );
-    assert_eq!(t.header("docker-distribution-api-version").unwrap(), "registry/2.0");
+    assert_eq!(
+        t.header("docker-distribution-api-version").unwrap(),
+        "registry/2.0"
+    );
     assert_eq!(t.sent.len(), 1);
     assert_eq!(t.sent[0].purpose, Purpose::Ping);
 
     // 2. Token: realm discovery without credentials, then the token request with library/.
-    let t = drive(&c, get(host, "/v2/auth?scope=repository:busybox:pull&service=x"), fake_hub);
+    let t = drive(
+        &c,
+        get(host, "/v2/auth?scope=repository:busybox:pull&service=x"),
+        fake_hub,
+    );
     assert_eq!(t.status(), 200);
     assert_eq!(t.sent.len(), 2);
     assert_eq!(t.sent[0].purpose, Purpose::RealmDiscovery);
@@ -90,9 +102,18 @@ fn anonymous_docker_hub_pull() {
     let token_url = &t.sent[1].url;
     assert_eq!(token_url.host_str(), Some("auth.test"));
     let params: Vec<(String, String)> = token_url.query_pairs().into_owned().collect();
-    assert!(params.contains(&("service".into(), "registry.docker.io".into())), "{params:?}");
-    assert!(params.contains(&("scope".into(), "repository:library/busybox:pull".into())), "{params:?}");
-    assert!(!params.iter().any(|(_, v)| v == "x"), "client service must be ignored");
+    assert!(
+        params.contains(&("service".into(), "registry.docker.io".into())),
+        "{params:?}"
+    );
+    assert!(
+        params.contains(&("scope".into(), "repository:library/busybox:pull".into())),
+        "{params:?}"
+    );
+    assert!(
+        !params.iter().any(|(_, v)| v == "x"),
+        "client service must be ignored"
+    );
     assert_eq!(t.header("cache-control").unwrap(), "no-store");
     assert!(t.header("set-cookie").is_none());
     assert_eq!(t.json()["token"], "good");
@@ -100,20 +121,36 @@ fn anonymous_docker_hub_pull() {
     // 3. Manifest with the token: forwarded with Authorization, verified, served.
     let t = drive(
         &c,
-        request(Method::GET, host, "/v2/library/busybox/manifests/latest", &[("authorization", "Bearer good"), ("accept", OCI_MANIFEST)]),
+        request(
+            Method::GET,
+            host,
+            "/v2/library/busybox/manifests/latest",
+            &[("authorization", "Bearer good"), ("accept", OCI_MANIFEST)],
+        ),
         fake_hub,
     );
     assert_eq!(t.status(), 200);
     assert_eq!(t.body_str(), MANIFEST);
-    assert_eq!(t.header("docker-content-digest").unwrap(), sha256(MANIFEST.as_bytes()));
+    assert_eq!(
+        t.header("docker-content-digest").unwrap(),
+        sha256(MANIFEST.as_bytes())
+    );
     assert_eq!(t.header("content-type").unwrap(), OCI_MANIFEST);
-    assert_eq!(sent_header(&t.sent[0], "authorization"), vec!["Bearer good"]);
+    assert_eq!(
+        sent_header(&t.sent[0], "authorization"),
+        vec!["Bearer good"]
+    );
 
     // 4. Blob: 307 to the CDN, followed without Authorization, streamed with verification.
     let digest = sha256(b"layer bytes");
     let t = drive(
         &c,
-        request(Method::GET, host, &format!("/v2/library/busybox/blobs/{digest}"), &[("authorization", "Bearer good")]),
+        request(
+            Method::GET,
+            host,
+            &format!("/v2/library/busybox/blobs/{digest}"),
+            &[("authorization", "Bearer good")],
+        ),
         fake_hub,
     );
     assert_eq!(t.status(), 200, "{:?}", t.response);
@@ -122,7 +159,9 @@ fn anonymous_docker_hub_pull() {
     assert!(sent_header(&t.sent[1], "authorization").is_empty());
     assert_eq!(t.body_str(), "layer bytes");
     match &t.response.as_ref().unwrap().body {
-        BodyPlan::Upstream { verify, .. } => assert_eq!(verify.as_ref().unwrap().to_string(), digest),
+        BodyPlan::Upstream { verify, .. } => {
+            assert_eq!(verify.as_ref().unwrap().to_string(), digest)
+        }
         other => panic!("blob must stream from upstream with verification, got {other:?}"),
     }
     assert_eq!(t.header("docker-content-digest").unwrap(), digest);
@@ -130,7 +169,11 @@ fn anonymous_docker_hub_pull() {
 
 #[test]
 fn insufficient_scope_keeps_scope_and_error() {
-    let t = drive(&hub(), get("docker.example.com", "/v2/library/busybox/manifests/latest"), fake_hub);
+    let t = drive(
+        &hub(),
+        get("docker.example.com", "/v2/library/busybox/manifests/latest"),
+        fake_hub,
+    );
     assert_eq!(t.status(), 401);
     assert_eq!(
         t.header("www-authenticate").unwrap(),
@@ -143,12 +186,16 @@ fn insufficient_scope_keeps_scope_and_error() {
 #[test]
 fn rate_limited_429_keeps_retry_after_and_normalises_bare_text() {
     let c = hub();
-    let t = drive(&c, get("docker.example.com", "/v2/library/busybox/manifests/latest"), |_| {
-        Ok(Reply::new(429)
-            .header("retry-after", "60")
-            .header("ratelimit-remaining", "0;w=21600")
-            .body("Too Many Requests (HAP429)."))
-    });
+    let t = drive(
+        &c,
+        get("docker.example.com", "/v2/library/busybox/manifests/latest"),
+        |_| {
+            Ok(Reply::new(429)
+                .header("retry-after", "60")
+                .header("ratelimit-remaining", "0;w=21600")
+                .body("Too Many Requests (HAP429)."))
+        },
+    );
     assert_eq!(t.status(), 429);
     assert_eq!(t.header("retry-after").unwrap(), "60");
     assert_eq!(t.header("ratelimit-remaining").unwrap(), "0;w=21600");
@@ -161,13 +208,24 @@ fn redirect_chain_over_the_hop_limit_is_502() {
     let c = hub();
     let digest = sha256(b"x");
     let mut n = 0;
-    let t = drive(&c, get("docker.example.com", &format!("/v2/library/busybox/blobs/{digest}")), |_| {
-        n += 1;
-        Ok(Reply::new(302).header("location", format!("https://cdn.test/hop{n}")))
-    });
+    let t = drive(
+        &c,
+        get(
+            "docker.example.com",
+            &format!("/v2/library/busybox/blobs/{digest}"),
+        ),
+        |_| {
+            n += 1;
+            Ok(Reply::new(302).header("location", format!("https://cdn.test/hop{n}")))
+        },
+    );
     assert_eq!(t.status(), 502);
     assert_eq!(t.error_code(), "UNKNOWN");
-    assert_eq!(t.sent.len(), 1 + usize::from(c.max_redirects), "stops at the hop limit");
+    assert_eq!(
+        t.sent.len(),
+        1 + usize::from(c.max_redirects),
+        "stops at the hop limit"
+    );
 }
 
 #[test]
@@ -176,7 +234,12 @@ fn head_on_redirected_blob_does_not_download() {
     let digest = sha256(b"layer bytes");
     let t = drive(
         &c,
-        request(Method::HEAD, "docker.example.com", &format!("/v2/library/busybox/blobs/{digest}"), &[("authorization", "Bearer good")]),
+        request(
+            Method::HEAD,
+            "docker.example.com",
+            &format!("/v2/library/busybox/blobs/{digest}"),
+            &[("authorization", "Bearer good")],
+        ),
         |req| {
             if req.url.host_str() == Some("cdn.test") {
                 // Signed for GET only: HEAD refused, a 1-byte range allowed.
@@ -184,7 +247,9 @@ fn head_on_redirected_blob_does_not_download() {
                     return Ok(Reply::new(403));
                 }
                 assert_eq!(sent_header(req, "range"), vec!["bytes=0-0"]);
-                return Ok(Reply::new(206).header("content-range", "bytes 0-0/11").body("l"));
+                return Ok(Reply::new(206)
+                    .header("content-range", "bytes 0-0/11")
+                    .body("l"));
             }
             fake_hub(req)
         },
@@ -193,7 +258,11 @@ fn head_on_redirected_blob_does_not_download() {
     assert_eq!(t.header("content-length").unwrap(), "11");
     assert_eq!(t.header("docker-content-digest").unwrap(), digest);
     assert!(t.body.is_empty());
-    assert_eq!(t.sent.iter().filter(|r| r.method == Method::GET).count(), 1, "only the 1-byte probe is a GET");
+    assert_eq!(
+        t.sent.iter().filter(|r| r.method == Method::GET).count(),
+        1,
+        "only the 1-byte probe is a GET"
+    );
 }
 
 #[test]
@@ -203,11 +272,18 @@ fn blob_with_wrong_digest_in_path_is_verified_while_streaming() {
     let digest = sha256(b"something else");
     let t = drive(
         &c,
-        request(Method::GET, "docker.example.com", &format!("/v2/library/busybox/blobs/{digest}"), &[("authorization", "Bearer good")]),
+        request(
+            Method::GET,
+            "docker.example.com",
+            &format!("/v2/library/busybox/blobs/{digest}"),
+            &[("authorization", "Bearer good")],
+        ),
         |_| Ok(Reply::new(200).body("wrong bytes")),
     );
     match &t.response.unwrap().body {
-        BodyPlan::Upstream { verify: Some(d), .. } => {
+        BodyPlan::Upstream {
+            verify: Some(d), ..
+        } => {
             assert_eq!(d.to_string(), digest);
             let mut v = dockerproxy_core::verifier::Verifier::new(d.clone(), None);
             let released = v.push(b"wrong bytes").unwrap();
@@ -221,12 +297,16 @@ fn blob_with_wrong_digest_in_path_is_verified_while_streaming() {
 #[test]
 fn manifest_with_lying_digest_header_is_502_and_not_stored() {
     let c = hub();
-    let t = drive(&c, get("docker.example.com", "/v2/library/busybox/manifests/latest"), |_| {
-        Ok(Reply::new(200)
-            .header("content-type", OCI_MANIFEST)
-            .header("docker-content-digest", sha256(b"other"))
-            .body(MANIFEST))
-    });
+    let t = drive(
+        &c,
+        get("docker.example.com", "/v2/library/busybox/manifests/latest"),
+        |_| {
+            Ok(Reply::new(200)
+                .header("content-type", OCI_MANIFEST)
+                .header("docker-content-digest", sha256(b"other"))
+                .body(MANIFEST))
+        },
+    );
     assert_eq!(t.status(), 502);
     assert_eq!(t.error_code(), "DIGEST_INVALID");
     assert!(t.stored.is_empty());
@@ -236,18 +316,28 @@ fn manifest_with_lying_digest_header_is_502_and_not_stored() {
 fn manifest_over_the_cap_is_502() {
     let c = hub();
     let big = "x".repeat(c.limits.max_manifest_bytes + 1);
-    let t = drive(&c, get("docker.example.com", "/v2/library/busybox/manifests/latest"), |_| {
-        Ok(Reply::new(200).header("content-type", OCI_MANIFEST).body(big.clone()))
-    });
+    let t = drive(
+        &c,
+        get("docker.example.com", "/v2/library/busybox/manifests/latest"),
+        |_| {
+            Ok(Reply::new(200)
+                .header("content-type", OCI_MANIFEST)
+                .body(big.clone()))
+        },
+    );
     assert_eq!(t.status(), 502);
 }
 
 #[test]
 fn upstream_timeout_is_504_and_unreachable_is_502() {
     let c = hub();
-    let t = drive(&c, get("docker.example.com", "/v2/"), |_| Err(UpstreamError::Timeout));
+    let t = drive(&c, get("docker.example.com", "/v2/"), |_| {
+        Err(UpstreamError::Timeout)
+    });
     assert_eq!(t.status(), 504);
-    let t = drive(&c, get("docker.example.com", "/v2/"), |_| Err(UpstreamError::Unreachable));
+    let t = drive(&c, get("docker.example.com", "/v2/"), |_| {
+        Err(UpstreamError::Unreachable)
+    });
     assert_eq!(t.status(), 502);
     assert_eq!(t.error_code(), "UNAVAILABLE");
 }
@@ -257,8 +347,17 @@ fn manifest_by_tag_is_stored_under_digest_and_tag() {
     let c = hub();
     let t = drive(
         &c,
-        request(Method::GET, "docker.example.com", "/v2/library/busybox/manifests/latest", &[("accept", OCI_MANIFEST)]),
-        |_| Ok(Reply::new(200).header("content-type", OCI_MANIFEST).body(MANIFEST)),
+        request(
+            Method::GET,
+            "docker.example.com",
+            "/v2/library/busybox/manifests/latest",
+            &[("accept", OCI_MANIFEST)],
+        ),
+        |_| {
+            Ok(Reply::new(200)
+                .header("content-type", OCI_MANIFEST)
+                .body(MANIFEST))
+        },
     );
     assert_eq!(t.status(), 200);
     assert_eq!(t.header("x-cache").unwrap(), "MISS");

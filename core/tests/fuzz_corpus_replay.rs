@@ -13,7 +13,9 @@ mod grammar;
 
 /// Every file of `fuzz/corpus/<target>/`, as bytes.
 fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
     let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.expect("corpus entry").path();
@@ -51,4 +53,18 @@ fn replay_reference() {
 #[test]
 fn replay_range() {
     assert!(replay("range", grammar::check_range) >= 5);
+}
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../fuzz/src/auth.rs"]
+mod auth;
+
+#[test]
+fn replay_challenge() {
+    assert!(replay("challenge", auth::check_challenge) >= 10);
+}
+
+#[test]
+fn replay_scope() {
+    assert!(replay("scope", auth::check_scope) >= 10);
 }

@@ -5,8 +5,7 @@
 
 use dockerproxy_core::range::{RangeDecision, decide};
 use dockerproxy_core::reference::{
-    Algorithm, Digest, DigestError, MAX_NAME_LEN, MAX_TAG_LEN, Name, Reference, ReferenceError,
-    Tag,
+    Algorithm, Digest, DigestError, MAX_NAME_LEN, MAX_TAG_LEN, Name, Reference, ReferenceError, Tag,
 };
 use dockerproxy_core::request::{Classified, RegistryRequest, classify};
 use proptest::prelude::*;
@@ -73,9 +72,14 @@ fn oracle_digest(s: &str) -> OracleDigest {
     let rs = runs(alg, lower);
     let alg_ok = rs.first().is_some_and(|r| r.0)
         && rs.last().is_some_and(|r| r.0)
-        && rs.iter().filter(|r| !r.0).all(|(_, sep)| ["+", ".", "_", "-"].contains(&sep.as_str()));
+        && rs
+            .iter()
+            .filter(|r| !r.0)
+            .all(|(_, sep)| ["+", ".", "_", "-"].contains(&sep.as_str()));
     let enc_ok = !enc.is_empty()
-        && enc.chars().all(|c| c.is_ascii_alphanumeric() || c == '=' || c == '_' || c == '-');
+        && enc
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '=' || c == '_' || c == '-');
     if !alg_ok || !enc_ok {
         return OracleDigest::Invalid;
     }
@@ -131,7 +135,10 @@ fn oracle_range(header: &[u8], size: u64) -> RangeDecision {
     if start >= size || end < start {
         return RangeDecision::Unsatisfiable;
     }
-    RangeDecision::Partial { start: start as u64, end: end as u64 }
+    RangeDecision::Partial {
+        start: start as u64,
+        end: end as u64,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,7 +181,9 @@ fn range_header() -> impl Strategy<Value = Vec<u8>> {
         Just("+3".to_owned()),
         Just("1 2".to_owned()),
     ];
-    let unit = prop::sample::select(vec!["bytes", "BYTES", "Bytes", " bytes ", "items", "", "byte"]);
+    let unit = prop::sample::select(vec![
+        "bytes", "BYTES", "Bytes", " bytes ", "items", "", "byte",
+    ]);
     let sep = prop::sample::select(vec!["-", " - ", "--", "", "\t-"]);
     let tail = prop::sample::select(vec!["", ",", ",0-1", " ", "-"]);
     let structured = (unit, number.clone(), sep, number, tail)
@@ -187,7 +196,14 @@ fn range_header() -> impl Strategy<Value = Vec<u8>> {
 }
 
 fn size() -> impl Strategy<Value = u64> {
-    prop_oneof![Just(0u64), Just(1), 0u64..50, Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()]
+    prop_oneof![
+        Just(0u64),
+        Just(1),
+        0u64..50,
+        Just(u64::MAX),
+        Just(u64::MAX - 1),
+        any::<u64>()
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -89,6 +89,16 @@ fn config() -> Config {
         debug: false,
         port: 5000,
         user_agent: "dockerproxy".to_owned(),
+        dns_enabled: false,
+        dns_servers: Vec::new(),
+        dns_timeout: Duration::from_secs(5),
+        listen: Vec::new(),
+        tls_cert: None,
+        tls_key: None,
+        http2: true,
+        ca_bundle: None,
+        json_logs: false,
+        address_exceptions: Vec::new(),
     }
 }
 

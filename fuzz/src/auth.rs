@@ -11,7 +11,11 @@ pub const NEW_REALM: &str = "https://docker.example.com/v2/auth?ns=ghcr.io";
 
 /// Parameters other than the realm, in order.
 fn others(c: &Challenge) -> Vec<(String, String)> {
-    c.params.iter().filter(|(n, _)| !n.eq_ignore_ascii_case("realm")).cloned().collect()
+    c.params
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("realm"))
+        .cloned()
+        .collect()
 }
 
 /// `challenge::parse` on arbitrary bytes (split into header lines at `\n`): never panics; what
@@ -25,24 +29,47 @@ pub fn check_challenge(data: &[u8]) {
     };
     // Allocation bounded by the input: every challenge and parameter consumed input bytes.
     let params: usize = challenges.iter().map(|c| 1 + c.params.len()).sum();
-    assert!(params <= data.len(), "{params} items from {} bytes", data.len());
+    assert!(
+        params <= data.len(),
+        "{params} items from {} bytes",
+        data.len()
+    );
     for c in &challenges {
         let header = c.to_header_value();
         assert!(!header.contains(['\r', '\n']), "{header:?}");
-        assert!(header.len() <= 2 * MAX_CHALLENGE_LEN + 16, "{} bytes", header.len());
-        assert_eq!(challenge::parse(&[header.as_bytes()]).as_deref(), Ok(core::slice::from_ref(c)), "{header:?}");
+        assert!(
+            header.len() <= 2 * MAX_CHALLENGE_LEN + 16,
+            "{} bytes",
+            header.len()
+        );
+        assert_eq!(
+            challenge::parse(&[header.as_bytes()]).as_deref(),
+            Ok(core::slice::from_ref(c)),
+            "{header:?}"
+        );
 
         let rewritten = challenge::rewrite(c, NEW_REALM);
-        assert_eq!(challenge::rewrite(&rewritten, NEW_REALM), rewritten, "rewrite not idempotent");
+        assert_eq!(
+            challenge::rewrite(&rewritten, NEW_REALM),
+            rewritten,
+            "rewrite not idempotent"
+        );
         let out = rewritten.to_header_value();
         assert!(!out.contains(['\r', '\n']), "{out:?}");
         let back = challenge::parse(&[out.as_bytes()]).unwrap_or_else(|e| panic!("{out:?}: {e:?}"));
         assert_eq!(back.len(), 1, "{out:?}");
         if c.is_bearer() && c.param("realm").is_some() {
-            let realms: Vec<&str> =
-                back[0].params.iter().filter(|(n, _)| n == "realm").map(|(_, v)| v.as_str()).collect();
+            let realms: Vec<&str> = back[0]
+                .params
+                .iter()
+                .filter(|(n, _)| n == "realm")
+                .map(|(_, v)| v.as_str())
+                .collect();
             assert_eq!(realms, [NEW_REALM], "{out:?}");
-            assert_eq!(back[0].params.first().map(|(n, _)| n.as_str()), Some("realm"));
+            assert_eq!(
+                back[0].params.first().map(|(n, _)| n.as_str()),
+                Some("realm")
+            );
             assert_eq!(others(&back[0]), others(c), "{out:?}");
             assert_eq!(back[0].param("service"), c.param("service"));
         } else {
@@ -70,11 +97,18 @@ pub fn check_scope(data: &[u8]) {
     let form = scope::transform_form(rest, Some("svc"), &rules);
     if rest.len() <= scope::MAX_FORM_LEN {
         let out = form.unwrap_or_else(|e| panic!("{e:?}"));
-        let fields: Vec<(String, String)> = form_urlencoded::parse(&out).into_owned().collect();
-        let services: Vec<&str> = fields.iter().filter(|(k, _)| k == "service").map(|(_, v)| v.as_str()).collect();
+        let fields = decode_form(&out);
+        let services: Vec<&str> = fields
+            .iter()
+            .filter(|(k, _)| k == "service")
+            .map(|(_, v)| v.as_str())
+            .collect();
         assert_eq!(services, ["svc"]);
         assert!(!fields.iter().any(|(k, _)| k == "ns"));
-        let scopes = fields.iter().filter(|(k, _)| k == "scope").flat_map(|(_, v)| v.split_ascii_whitespace());
+        let scopes = fields
+            .iter()
+            .filter(|(k, _)| k == "scope")
+            .flat_map(|(_, v)| v.split_ascii_whitespace());
         let mut count = 0;
         for s in scopes {
             count += 1;
@@ -127,4 +161,45 @@ fn check_pull_only(s: &str, rules: &ScopeRules<'_>) {
     if let Some(p) = Scope::parse(s).filter(Scope::is_repository) {
         assert!(p.actions.is_empty() || p.actions == ["pull"], "{s:?}");
     }
+}
+
+/// Decodes an `x-www-form-urlencoded` body (`+` is a space, `%XX` a byte; lenient like browsers),
+/// written here because the fuzz crate depends on nothing but the core and libFuzzer.
+fn decode_form(form: &[u8]) -> Vec<(String, String)> {
+    fn decode(part: &[u8]) -> String {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        let mut out = Vec::with_capacity(part.len());
+        let mut i = 0;
+        while let Some(&b) = part.get(i) {
+            match (
+                b,
+                part.get(i + 1).copied().and_then(hex),
+                part.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(h), Some(l)) => {
+                    out.extend(u8::try_from(h * 16 + l));
+                    i += 3;
+                }
+                (b'+', _, _) => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                _ => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    form.split(|&b| b == b'&')
+        .filter(|f| !f.is_empty())
+        .map(|f| {
+            let (k, v) = match f.iter().position(|&b| b == b'=') {
+                Some(at) => (&f[..at], &f[at + 1..]),
+                None => (f, &f[f.len()..]),
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
 }

@@ -30,9 +30,14 @@ pub fn check_classify(data: &[u8]) {
             match r {
                 RegistryRequest::Manifest { reference, .. } => {
                     let printed = reference.to_string();
-                    assert_eq!(Reference::parse(&printed).as_ref(), Ok(reference), "{path:?}");
+                    assert_eq!(
+                        Reference::parse(&printed).as_ref(),
+                        Ok(reference),
+                        "{path:?}"
+                    );
                 }
-                RegistryRequest::Blob { digest, .. } | RegistryRequest::Referrers { digest, .. } => {
+                RegistryRequest::Blob { digest, .. }
+                | RegistryRequest::Referrers { digest, .. } => {
                     assert_eq!(Digest::parse(&digest.to_string()).as_ref(), Ok(digest));
                 }
                 _ => {}
@@ -54,7 +59,10 @@ pub fn check_reference(data: &[u8]) {
     if let Some(n) = Name::parse(s) {
         assert_eq!(n.as_str(), s);
         assert!(s.len() <= MAX_NAME_LEN);
-        assert!(s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b)));
+        assert!(
+            s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+        );
         assert!(!s.starts_with('/') && !s.ends_with('/') && !s.contains("//"));
     }
     if let Some(t) = Tag::parse(s) {
@@ -99,10 +107,18 @@ pub fn range_input(data: &[u8]) -> (u64, &[u8]) {
 pub fn check_range(data: &[u8]) {
     let (size, header) = range_input(data);
     let got = decide(Some(header), size);
-    assert_eq!(got, range_oracle(header, size), "{:?} on {size}", String::from_utf8_lossy(header));
+    assert_eq!(
+        got,
+        range_oracle(header, size),
+        "{:?} on {size}",
+        String::from_utf8_lossy(header)
+    );
     if let RangeDecision::Partial { start, end } = got {
         assert!(start <= end && end < size);
-        assert_eq!(content_range(start, end, size), format!("bytes {start}-{end}/{size}"));
+        assert_eq!(
+            content_range(start, end, size),
+            format!("bytes {start}-{end}/{size}")
+        );
     }
     assert_eq!(decide(None, size), RangeDecision::Full);
 }
@@ -129,7 +145,11 @@ pub fn range_oracle(header: &[u8], size: u64) -> RangeDecision {
             Ok(None)
         } else if t.bytes().all(|c| c.is_ascii_digit()) && t.trim_start_matches('0').len() <= 20 {
             let v: i128 = t.parse().map_err(|_| ())?;
-            if v > i128::from(u64::MAX) { Err(()) } else { Ok(Some(v)) }
+            if v > i128::from(u64::MAX) {
+                Err(())
+            } else {
+                Ok(Some(v))
+            }
         } else {
             Err(())
         }
@@ -148,6 +168,9 @@ pub fn range_oracle(header: &[u8], size: u64) -> RangeDecision {
     if start >= size || start > end {
         RangeDecision::Unsatisfiable
     } else {
-        RangeDecision::Partial { start: start as u64, end: end as u64 }
+        RangeDecision::Partial {
+            start: start as u64,
+            end: end as u64,
+        }
     }
 }

@@ -46,6 +46,7 @@ struct Current {
 pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Option<IpAddr>, tls: bool) -> Response<ResponseBody> {
     let (parts, client_body) = req.into_parts();
     let head = request_head(&parts, peer, tls);
+    let parts_headers = parts.headers;
     let host = head.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
     let mut log = RequestLog::new(state.clone(), head.method.clone(), &host, &head.target, peer);
     log.kind = kind_of(&head.target);
@@ -106,13 +107,24 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Optio
                 let result = state.store.lookup(&key).await;
                 ex.handle_cache_result(result, state::now());
             }
+            Action::CacheStore(entry) => state.store.store_manifest(entry),
+            Action::ReadClientBody { limit } => {
+                let body = match client_body.take() {
+                    Some(b) => {
+                        let idle = state.config.limits.client_header_timeout;
+                        upstream::read_to_limit(b, limit, idle, content_length(&parts_headers)).await.ok()
+                    }
+                    None => None,
+                };
+                ex.handle_client_body(body, state::now());
+            }
             Action::Wait(deadline) => {
                 tokio::time::sleep(deadline.saturating_since(state::now())).await;
                 ex.handle_timeout(state::now());
             }
             Action::Respond(resp) => {
                 let response = respond(&state, &method, resp, current.take(), log).await;
-                drain_after_respond(&mut ex);
+                drain_after_respond(&state, &mut ex);
                 return response;
             }
             Action::Done => break,
@@ -124,11 +136,13 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Optio
     build(e.status, e.headers(), ResponseBody::full(e.body()).with_log(log))
 }
 
-/// After `Respond` the exchange normally says `Done`; anything else is logged and dropped.
-fn drain_after_respond(ex: &mut Exchange) {
+/// After `Respond` the exchange normally says `Done` (a `CacheStore` may come first); anything
+/// else is logged and dropped.
+fn drain_after_respond(state: &ServerState, ex: &mut Exchange) {
     for _ in 0..8 {
         match ex.poll_action(state::now()) {
             Action::Done => return,
+            Action::CacheStore(entry) => state.store.store_manifest(entry),
             other => tracing::debug!(action = ?std::mem::discriminant(&other), "action after Respond ignored"),
         }
     }
@@ -207,10 +221,10 @@ fn build(status: StatusCode, headers: HeaderMap, body: ResponseBody) -> Response
 pub fn request_head(parts: &http::request::Parts, peer: Option<IpAddr>, tls: bool) -> RequestHead {
     let mut headers = parts.headers.clone();
     let target = if parts.version == Version::HTTP_2 {
-        if !headers.contains_key(header::HOST) {
-            if let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-                headers.insert(header::HOST, v);
-            }
+        if !headers.contains_key(header::HOST)
+            && let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, v);
         }
         parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
     } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {

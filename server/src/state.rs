@@ -18,11 +18,8 @@ use crate::store::{NoopStore, Store};
 use crate::tls::{self, TlsError};
 use crate::upstream::UpstreamClient;
 
-/// Server settings that the core's [`Config`] does not carry (yet).
-///
-/// TODO(config): `Config` is expected to gain `listen`, `tls_cert`, `tls_key`, `http2`,
-/// `ca_bundle` and `json_logs`; once it does, [`ServerOptions::from_config`] reads them and the
-/// fields here become derived values only.
+/// Server settings: the listener-side values of [`Config`] as paths and flags, plus the limits
+/// the configuration does not expose (drain timeout, connection cap, write-stall timeout).
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     /// PEM certificate chain and private key for a TLS listener; plain HTTP when `None`.
@@ -57,12 +54,19 @@ impl Default for ServerOptions {
 }
 
 impl ServerOptions {
-    /// The options implied by `config` (defaults for everything it does not carry yet).
+    /// The options implied by `config` (defaults for what it does not carry).
     pub fn from_config(config: &Config) -> Self {
-        // TODO(config): read config.tls_cert / tls_key / http2 / ca_bundle / json_logs once the
-        // core's Config has them.
-        let _ = config;
-        Self::default()
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+            _ => None,
+        };
+        Self {
+            tls,
+            http2: config.http2,
+            ca_bundle: config.ca_bundle.as_ref().map(PathBuf::from),
+            json_logs: config.json_logs,
+            ..Self::default()
+        }
     }
 }
 

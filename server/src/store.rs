@@ -6,6 +6,7 @@
 //! - [`Store::open`] serves [`BodyPlan::Cache`](dockerproxy_core::exchange::BodyPlan::Cache);
 //! - the `store` key of `BodyPlan::Upstream` is where `driver.rs` will hand the upstream body to
 //!   a detached fill instead of streaming it straight to the client (see `driver::respond`);
+//! - [`Store::store_manifest`] performs [`Action::CacheStore`](dockerproxy_core::Action::CacheStore);
 //! - [`Store::stats`] feeds `/stats`, `/stats/cache` and the cache metric families.
 
 use std::future::Future;
@@ -13,7 +14,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use dockerproxy_core::cache_policy::CacheKey;
-use dockerproxy_core::exchange::CacheResult;
+use dockerproxy_core::exchange::{CacheResult, ManifestEntry};
 use http_body_util::combinators::BoxBody;
 
 use crate::upstream::BoxError;
@@ -66,6 +67,11 @@ pub trait Store: Send + Sync + 'static {
     /// Opens a stored body, optionally an inclusive byte range. `None` when it vanished.
     fn open<'a>(&'a self, key: &'a CacheKey, range: Option<(u64, u64)>) -> StoreFuture<'a, Option<StoreBody>>;
 
+    /// Stores a verified manifest (by digest, plus the tag mapping when set). Never fails
+    /// visibly: a store error is logged by the store and the entry is simply not kept. Slow work
+    /// (disk writes) is the store's to spawn.
+    fn store_manifest(&self, entry: ManifestEntry);
+
     /// Current statistics.
     fn stats(&self) -> StoreStats;
 }
@@ -82,6 +88,8 @@ impl Store for NoopStore {
     fn open<'a>(&'a self, _key: &'a CacheKey, _range: Option<(u64, u64)>) -> StoreFuture<'a, Option<StoreBody>> {
         Box::pin(async { None })
     }
+
+    fn store_manifest(&self, _entry: ManifestEntry) {}
 
     fn stats(&self) -> StoreStats {
         StoreStats::default()

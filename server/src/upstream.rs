@@ -153,10 +153,8 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
         if s.is::<ConnectTimeout>() {
             return UpstreamError::Timeout;
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return UpstreamError::Timeout;
-            }
+        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return UpstreamError::Timeout;
         }
         source = s.source();
     }

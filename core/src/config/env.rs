@@ -56,7 +56,12 @@ pub(super) fn read_env(
         None => 8080,
         Some(v) => match v.parse::<u16>() {
             Ok(p) if p != 0 && v.bytes().all(|b| b.is_ascii_digit()) => p,
-            _ => return Err(ConfigError::new("PORT", format!("{v:?} is not a port (1-65535)"))),
+            _ => {
+                return Err(ConfigError::new(
+                    "PORT",
+                    format!("{v:?} is not a port (1-65535)"),
+                ));
+            }
         },
     };
 
@@ -64,7 +69,9 @@ pub(super) fn read_env(
     let cache_enabled = r.bool("CACHE_ENABLED", true);
     let manifest_ttl = r.duration("CACHE_MANIFEST_TTL", Duration::from_secs(600));
     let blob_ttl = r.duration("CACHE_BLOB_TTL", Duration::from_secs(365 * 86_400));
-    let follow_all_redirects = r.get("FOLLOW_ALL_REDIRECTS").map(|v| r.bool_value("FOLLOW_ALL_REDIRECTS", &v));
+    let follow_all_redirects = r
+        .get("FOLLOW_ALL_REDIRECTS")
+        .map(|v| r.bool_value("FOLLOW_ALL_REDIRECTS", &v));
 
     let mut blocked_hosts: Vec<String> = BUILTIN_BLOCKED.iter().map(|s| (*s).to_owned()).collect();
     if let Some(v) = r.get("BLOCKED_HOSTS") {
@@ -75,7 +82,10 @@ pub(super) fn read_env(
                         blocked_hosts.push(hp.host);
                     }
                 }
-                None => r.warn("BLOCKED_HOSTS", format!("entry {entry:?} ignored: not a host")),
+                None => r.warn(
+                    "BLOCKED_HOSTS",
+                    format!("entry {entry:?} ignored: not a host"),
+                ),
             }
         }
     }
@@ -88,26 +98,39 @@ pub(super) fn read_env(
                 Some(hp) if is_valid_host(&hp.host) && hp.port != Some(0) => {
                     dns_servers.push(format!("{}:{}", hp.host, hp.port.unwrap_or(53)));
                 }
-                _ => r.warn("DNS_SERVERS", format!("entry {entry:?} ignored: not host[:port]")),
+                _ => r.warn(
+                    "DNS_SERVERS",
+                    format!("entry {entry:?} ignored: not host[:port]"),
+                ),
             }
         }
     }
     if dns_enabled && dns_servers.is_empty() {
-        r.warn("DNS_SERVERS", "DNS_ENABLED is true but no server is set: using the system resolver");
+        r.warn(
+            "DNS_SERVERS",
+            "DNS_ENABLED is true but no server is set: using the system resolver",
+        );
     }
     let dns_timeout = r.duration("DNS_TIMEOUT", Duration::from_secs(5));
 
     let mut debug = r.bool("DEBUG", false);
-    if r.get("MODE").is_some_and(|m| m.eq_ignore_ascii_case("debug")) {
+    if r.get("MODE")
+        .is_some_and(|m| m.eq_ignore_ascii_case("debug"))
+    {
         debug = true;
     }
     let target_upstream = match r.get("TARGET_UPSTREAM") {
-        Some(v) if debug => Some(
-            Origin::parse(&v)
-                .map_err(|e| ConfigError::new("TARGET_UPSTREAM", format!("{v:?} is not an http(s) origin: {}", e.message)))?,
-        ),
+        Some(v) if debug => Some(Origin::parse(&v).map_err(|e| {
+            ConfigError::new(
+                "TARGET_UPSTREAM",
+                format!("{v:?} is not an http(s) origin: {}", e.message),
+            )
+        })?),
         Some(_) => {
-            r.warn("TARGET_UPSTREAM", "ignored: debug is off (DEBUG=true or MODE=debug enables it)");
+            r.warn(
+                "TARGET_UPSTREAM",
+                "ignored: debug is off (DEBUG=true or MODE=debug enables it)",
+            );
             None
         }
         None => None,
@@ -139,7 +162,10 @@ fn normalize_domain(v: &str) -> Result<String, ConfigError> {
     if is_valid_host(&d) && !d.starts_with('[') {
         Ok(d)
     } else {
-        Err(ConfigError::new("CUSTOM_DOMAIN", format!("{v:?} is not a domain name")))
+        Err(ConfigError::new(
+            "CUSTOM_DOMAIN",
+            format!("{v:?} is not a domain name"),
+        ))
     }
 }
 
@@ -151,11 +177,17 @@ struct Reader<'a> {
 impl Reader<'_> {
     /// The value, `None` when unset or empty (whitespace only counts as empty).
     fn get(&self, name: &str) -> Option<String> {
-        self.env.get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty())
+        self.env
+            .get(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
     }
 
     fn warn(&mut self, key: &str, message: impl Into<String>) {
-        self.warnings.push(ConfigWarning { key: key.to_owned(), message: message.into() });
+        self.warnings.push(ConfigWarning {
+            key: key.to_owned(),
+            message: message.into(),
+        });
     }
 
     fn bool_value(&mut self, name: &str, v: &str) -> bool {
@@ -176,7 +208,10 @@ impl Reader<'_> {
         match self.get(name) {
             None => default,
             Some(v) => parse_duration(&v).unwrap_or_else(|e| {
-                self.warn(name, format!("{e}: using the default {}", format_go_duration(default)));
+                self.warn(
+                    name,
+                    format!("{e}: using the default {}", format_go_duration(default)),
+                );
                 default
             }),
         }

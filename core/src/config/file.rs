@@ -211,7 +211,9 @@ pub fn parse_file(text: &str) -> Result<ConfigFile, ConfigError> {
         Ok(f) => return Ok(f),
         Err(e) => e,
     };
-    let line = err.span().map(|s| 1 + text.get(..s.start).map_or(0, |t| t.matches('\n').count()));
+    let line = err
+        .span()
+        .map(|s| 1 + text.get(..s.start).map_or(0, |t| t.matches('\n').count()));
     let message = match line {
         Some(l) => format!("{} (line {l})", err.message().trim_end()),
         None => err.message().trim_end().to_owned(),
@@ -220,7 +222,10 @@ pub fn parse_file(text: &str) -> Result<ConfigFile, ConfigError> {
         Ok(table) => locate_top(&table),
         Err(_) => None, // a syntax error: no key to name
     };
-    Err(ConfigError::new(key.unwrap_or_else(|| "config file".to_owned()), message))
+    Err(ConfigError::new(
+        key.unwrap_or_else(|| "config file".to_owned()),
+        message,
+    ))
 }
 
 /// The first key of `table` that `T` refuses on its own (every field of `T` is optional, so a
@@ -229,16 +234,23 @@ fn culprit<T: DeserializeOwned>(table: &toml::Table) -> Option<&str> {
     table.iter().find_map(|(k, v)| {
         let mut single = toml::Table::new();
         single.insert(k.clone(), v.clone());
-        toml::Value::Table(single).try_into::<T>().is_err().then_some(k.as_str())
+        toml::Value::Table(single)
+            .try_into::<T>()
+            .is_err()
+            .then_some(k.as_str())
     })
 }
 
 fn locate_top(table: &toml::Table) -> Option<String> {
     let k = culprit::<ConfigFile>(table)?;
     let inner = match (k, table.get(k)) {
-        ("routes", Some(toml::Value::Table(routes))) => locate_map::<RouteFile>(routes, locate_route),
+        ("routes", Some(toml::Value::Table(routes))) => {
+            locate_map::<RouteFile>(routes, locate_route)
+        }
         ("credentials", Some(toml::Value::Table(creds))) => {
-            locate_map::<CredentialsFile>(creds, |t| culprit::<CredentialsFile>(t).map(str::to_owned))
+            locate_map::<CredentialsFile>(creds, |t| {
+                culprit::<CredentialsFile>(t).map(str::to_owned)
+            })
         }
         ("limits", Some(toml::Value::Table(l))) => culprit::<LimitsFile>(l).map(str::to_owned),
         _ => None,
@@ -250,7 +262,10 @@ fn locate_top(table: &toml::Table) -> Option<String> {
 }
 
 /// In a map of tables (`routes`), the first entry `T` refuses, and the key inside it.
-fn locate_map<T: DeserializeOwned>(map: &toml::Table, inner: impl Fn(&toml::Table) -> Option<String>) -> Option<String> {
+fn locate_map<T: DeserializeOwned>(
+    map: &toml::Table,
+    inner: impl Fn(&toml::Table) -> Option<String>,
+) -> Option<String> {
     map.iter().find_map(|(name, v)| {
         if v.clone().try_into::<T>().is_ok() {
             return None;

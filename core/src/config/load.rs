@@ -1,23 +1,26 @@
 //! Building a [`Config`] from environment values and an optional TOML file.
 //!
 //! Order: the environment (`env.rs`), the built-in route table of COMPAT.md §1.1, the file's
-//! global settings, its `routes` and `credentials`, then `mirror_hosts` and the debug fallback.
+//! global settings, its `routes` and `credentials` (`routes.rs`), then `mirror_hosts` and the
+//! debug fallback.
 //! Every refusal (SECURITY.md §2.18) is a [`ConfigError`] naming the key.
 
 use std::net::{IpAddr, SocketAddr};
 
 use super::env::{EnvSettings, read_env};
-use super::file::{
-    ExposureSetting, FlavourSetting, LimitsFile, RedirectsSetting, RouteFile, SchemeSetting, SizeValue,
-    parse_file,
-};
+use super::file::{ExposureSetting, LimitsFile, SchemeSetting, SizeValue, parse_file};
+use super::routes::{apply_credentials, apply_mirrors, apply_route};
 use super::*;
 use crate::duration::{parse_duration, parse_size};
-use crate::route::{is_valid_host, normalize_host};
+use crate::route::is_valid_host;
 
 /// Built-in registries: name, origin, aliases, Docker Hub flavour.
 const BUILTIN_REGISTRIES: [(&str, &str, &[&str]); 8] = [
-    ("docker.io", "https://registry-1.docker.io", &["index.docker.io", "registry-1.docker.io"]),
+    (
+        "docker.io",
+        "https://registry-1.docker.io",
+        &["index.docker.io", "registry-1.docker.io"],
+    ),
     ("quay.io", "https://quay.io", &[]),
     ("gcr.io", "https://gcr.io", &[]),
     ("k8s.gcr.io", "https://k8s.gcr.io", &[]),
@@ -40,18 +43,15 @@ const BUILTIN_HOSTS: [(&str, &str); 9] = [
     ("docker-staging", "docker.io"),
 ];
 
-/// Known token realms of built-in registries (SECURITY.md §2.8), used as the allowlist of a
-/// credentialed registry whose origin was not replaced and that lists none.
-const KNOWN_REALMS: [(&str, &str); 5] = [
-    ("docker.io", "https://auth.docker.io"),
-    ("ghcr.io", "https://ghcr.io"),
-    ("quay.io", "https://quay.io"),
-    ("gcr.io", "https://gcr.io"),
-    ("public.ecr.aws", "https://public.ecr.aws"),
-];
-
 /// The default `trusted_proxies`.
-const DEFAULT_TRUSTED: [&str; 6] = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"];
+const DEFAULT_TRUSTED: [&str; 6] = [
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+];
 
 /// Hosts that make a debug fallback Docker-Hub-flavoured.
 const DOCKER_HUB_HOSTS: [&str; 3] = ["registry-1.docker.io", "index.docker.io", "docker.io"];
@@ -60,8 +60,13 @@ const DOCKER_HUB_HOSTS: [&str; 3] = ["registry-1.docker.io", "index.docker.io", 
 ///
 /// Returns the configuration and the warnings to log once at start-up. `password_file`
 /// credentials cannot be read here (the core does no I/O): use [`load_with`] for them.
-pub fn load(env: &dyn EnvSource, file: Option<&str>) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
-    load_with(env, file, &|path: &str| Err(format!("cannot read {path:?}: no file reader was supplied")))
+pub fn load(
+    env: &dyn EnvSource,
+    file: Option<&str>,
+) -> Result<(Config, Vec<ConfigWarning>), ConfigError> {
+    load_with(env, file, &|path: &str| {
+        Err(format!("cannot read {path:?}: no file reader was supplied"))
+    })
 }
 
 /// As [`load`], with `read_file` to resolve `password_file` references (the wrapper passes a
@@ -98,18 +103,28 @@ pub fn load_with(
         add_debug_fallback(&mut config, origin, &mut warnings);
     }
     for ex in &config.address_exceptions {
-        let name = config.registries.get(ex.registry).map_or("", |r| r.name.as_str());
+        let name = config
+            .registries
+            .get(ex.registry)
+            .map_or("", |r| r.name.as_str());
         warnings.push(ConfigWarning {
             key: format!("routes.{name}.address_exceptions"),
-            message: format!("{}:{} may be dialled although the address policy denies it", ex.host, ex.port),
+            message: format!(
+                "{}:{} may be dialled although the address policy denies it",
+                ex.host, ex.port
+            ),
         });
     }
     Ok((config, warnings))
 }
 
-fn origin(s: &str) -> Origin {
+pub(super) fn origin(s: &str) -> Origin {
     // The built-in origins are constant, valid URLs; the fallback is never used.
-    Origin::parse(s).unwrap_or(Origin { scheme: Scheme::Https, host: String::new(), port: 443 })
+    Origin::parse(s).unwrap_or(Origin {
+        scheme: Scheme::Https,
+        host: String::new(),
+        port: 443,
+    })
 }
 
 fn defaults(e: &EnvSettings) -> Result<Config, ConfigError> {
@@ -119,7 +134,11 @@ fn defaults(e: &EnvSettings) -> Result<Config, ConfigError> {
             name: (*name).to_owned(),
             aliases: aliases.iter().map(|a| (*a).to_owned()).collect(),
             origin: origin(url),
-            flavour: if *name == "docker.io" { Flavour::DockerHub } else { Flavour::Generic },
+            flavour: if *name == "docker.io" {
+                Flavour::DockerHub
+            } else {
+                Flavour::Generic
+            },
             redirects: RedirectMode::Follow,
             allow_push: false,
             realm_allowlist: Vec::new(),
@@ -132,11 +151,17 @@ fn defaults(e: &EnvSettings) -> Result<Config, ConfigError> {
         let id = registries.iter().position(|r| r.name == name).unwrap_or(0);
         let host = format!("{label}.{}", e.custom_domain);
         if !is_valid_host(&host) {
-            return Err(ConfigError::new("CUSTOM_DOMAIN", format!("{host:?} is not a valid host name")));
+            return Err(ConfigError::new(
+                "CUSTOM_DOMAIN",
+                format!("{host:?} is not a valid host name"),
+            ));
         }
         hosts.insert(host, id);
     }
-    let trusted_proxies = DEFAULT_TRUSTED.iter().filter_map(|n| n.parse::<IpNet>().ok()).collect();
+    let trusted_proxies = DEFAULT_TRUSTED
+        .iter()
+        .filter_map(|n| n.parse::<IpNet>().ok())
+        .collect();
     Ok(Config {
         custom_domain: e.custom_domain.clone(),
         registries,
@@ -219,7 +244,12 @@ fn apply_globals(c: &mut Config, f: &ConfigFile) -> Result<(), ConfigError> {
                 let t = s.trim();
                 t.parse::<IpNet>()
                     .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| ConfigError::new("trusted_proxies", format!("{s:?} is not an address or CIDR network")))
+                    .map_err(|_| {
+                        ConfigError::new(
+                            "trusted_proxies",
+                            format!("{s:?} is not an address or CIDR network"),
+                        )
+                    })
             })
             .collect::<Result<_, _>>()?;
     }
@@ -232,7 +262,10 @@ fn apply_globals(c: &mut Config, f: &ConfigFile) -> Result<(), ConfigError> {
     }
     if let Some(n) = f.max_redirects {
         if n > 10 {
-            return Err(ConfigError::new("max_redirects", format!("{n} is more than 10")));
+            return Err(ConfigError::new(
+                "max_redirects",
+                format!("{n} is more than 10"),
+            ));
         }
         c.max_redirects = n;
     }
@@ -256,8 +289,18 @@ fn apply_globals(c: &mut Config, f: &ConfigFile) -> Result<(), ConfigError> {
     c.tls_cert = non_empty_path("tls_cert", &f.tls_cert)?;
     c.tls_key = non_empty_path("tls_key", &f.tls_key)?;
     match (&c.tls_cert, &c.tls_key) {
-        (Some(_), None) => return Err(ConfigError::new("tls_key", "tls_cert is set without tls_key")),
-        (None, Some(_)) => return Err(ConfigError::new("tls_cert", "tls_key is set without tls_cert")),
+        (Some(_), None) => {
+            return Err(ConfigError::new(
+                "tls_key",
+                "tls_cert is set without tls_key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new(
+                "tls_cert",
+                "tls_key is set without tls_cert",
+            ));
+        }
         _ => {}
     }
     c.http2 = f.http2.unwrap_or(true);
@@ -271,22 +314,53 @@ fn apply_globals(c: &mut Config, f: &ConfigFile) -> Result<(), ConfigError> {
 
 fn apply_limits(l: &mut Limits, f: &LimitsFile) -> Result<(), ConfigError> {
     let caps = [
-        ("limits.max_manifest_bytes", &f.max_manifest_bytes, &mut l.max_manifest_bytes),
-        ("limits.max_token_bytes", &f.max_token_bytes, &mut l.max_token_bytes),
-        ("limits.max_error_body_bytes", &f.max_error_body_bytes, &mut l.max_error_body_bytes),
-        ("limits.max_auth_form_bytes", &f.max_auth_form_bytes, &mut l.max_auth_form_bytes),
+        (
+            "limits.max_manifest_bytes",
+            &f.max_manifest_bytes,
+            &mut l.max_manifest_bytes,
+        ),
+        (
+            "limits.max_token_bytes",
+            &f.max_token_bytes,
+            &mut l.max_token_bytes,
+        ),
+        (
+            "limits.max_error_body_bytes",
+            &f.max_error_body_bytes,
+            &mut l.max_error_body_bytes,
+        ),
+        (
+            "limits.max_auth_form_bytes",
+            &f.max_auth_form_bytes,
+            &mut l.max_auth_form_bytes,
+        ),
     ];
     for (key, v, slot) in caps {
         if let Some(v) = v {
             let n = size(key, v)?;
-            *slot = usize::try_from(n).ok().filter(|n| *n > 0).ok_or_else(|| ConfigError::new(key, "must be at least 1 byte"))?;
+            *slot = usize::try_from(n)
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ConfigError::new(key, "must be at least 1 byte"))?;
         }
     }
     let timeouts = [
-        ("limits.connect_timeout", &f.connect_timeout, &mut l.connect_timeout),
-        ("limits.header_timeout", &f.header_timeout, &mut l.header_timeout),
+        (
+            "limits.connect_timeout",
+            &f.connect_timeout,
+            &mut l.connect_timeout,
+        ),
+        (
+            "limits.header_timeout",
+            &f.header_timeout,
+            &mut l.header_timeout,
+        ),
         ("limits.idle_timeout", &f.idle_timeout, &mut l.idle_timeout),
-        ("limits.client_header_timeout", &f.client_header_timeout, &mut l.client_header_timeout),
+        (
+            "limits.client_header_timeout",
+            &f.client_header_timeout,
+            &mut l.client_header_timeout,
+        ),
     ];
     for (key, v, slot) in timeouts {
         if let Some(v) = v {
@@ -296,229 +370,6 @@ fn apply_limits(l: &mut Limits, f: &LimitsFile) -> Result<(), ConfigError> {
             }
             *slot = d;
         }
-    }
-    Ok(())
-}
-
-/// A registry name or alias: `host[:port]`, lower-case, with a dot or a port (or `localhost`) so
-/// it cannot be mistaken for a repository namespace in a path prefix.
-fn registry_name(key: &str, raw: &str) -> Result<String, ConfigError> {
-    let bad = || {
-        ConfigError::new(key, format!("{raw:?} is not a registry name (host[:port] with a dot, a port, or localhost)"))
-    };
-    let hp = normalize_host(raw).ok_or_else(bad)?;
-    if !is_valid_host(&hp.host) {
-        return Err(bad());
-    }
-    let name = match hp.port {
-        Some(p) => format!("{}:{p}", hp.host),
-        None => hp.host,
-    };
-    if !(name.contains('.') || name.contains(':') || name == "localhost") {
-        return Err(bad());
-    }
-    Ok(name)
-}
-
-/// A route or mirror host: a DNS name or IP literal without port.
-fn host_name(key: &str, raw: &str) -> Result<String, ConfigError> {
-    let t = raw.trim();
-    // Accept an unbracketed IPv6 literal in the file and store it bracketed.
-    let t = match t.parse::<std::net::Ipv6Addr>() {
-        Ok(a) => format!("[{a}]"),
-        Err(_) => t.to_owned(),
-    };
-    match normalize_host(&t) {
-        Some(hp) if hp.port.is_none() && is_valid_host(&hp.host) => Ok(hp.host),
-        _ => Err(ConfigError::new(key, format!("{raw:?} is not a host name or IP literal without port"))),
-    }
-}
-
-fn apply_route(
-    c: &mut Config,
-    replaced: &mut Vec<bool>,
-    raw_name: &str,
-    r: &RouteFile,
-    f: &ConfigFile,
-) -> Result<(), ConfigError> {
-    let base = format!("routes.{raw_name}");
-    let key = |k: &str| format!("{base}.{k}");
-    let name = registry_name(&base, raw_name)?;
-    let id = match c.registry_by_name(&name) {
-        Some(id) => {
-            let canonical = &c.registries[id].name;
-            if *canonical != name {
-                return Err(ConfigError::new(&base, format!("{name:?} is an alias: use routes.{canonical:?}")));
-            }
-            id
-        }
-        None => {
-            if r.upstream.is_none() {
-                return Err(ConfigError::new(key("upstream"), "required for a new registry"));
-            }
-            c.registries.push(Registry {
-                name: name.clone(),
-                aliases: Vec::new(),
-                origin: origin("https://invalid"),
-                flavour: Flavour::Generic,
-                redirects: RedirectMode::Follow,
-                allow_push: f.allow_push.unwrap_or(false),
-                realm_allowlist: Vec::new(),
-                development: false,
-                credentials: None,
-            });
-            replaced.push(true);
-            c.registries.len() - 1
-        }
-    };
-    let development = r.development.unwrap_or(c.registries[id].development);
-    if let Some(u) = &r.upstream {
-        let o = Origin::parse(u).map_err(|e| ConfigError::new(key("upstream"), e.message))?;
-        if o.scheme == Scheme::Http && !development {
-            return Err(ConfigError::new(key("upstream"), "http upstream needs `development = true`"));
-        }
-        c.registries[id].origin = o;
-        replaced[id] = true;
-    }
-    if c.registries[id].origin.scheme == Scheme::Http && !development {
-        return Err(ConfigError::new(key("development"), "the upstream is http: development must stay true"));
-    }
-    if let Some(h) = &r.host {
-        let host = host_name(&key("host"), h)?;
-        if c.hosts.contains_key(&host) {
-            return Err(ConfigError::new(key("host"), format!("duplicate host {host:?}")));
-        }
-        c.hosts.insert(host, id);
-    }
-    for a in r.aliases.iter().flatten() {
-        let alias = registry_name(&key("aliases"), a)?;
-        if c.registries.iter().enumerate().any(|(i, other)| i != id && other.answers_to(&alias)) {
-            return Err(ConfigError::new(key("aliases"), format!("{alias:?} already names another registry")));
-        }
-        let reg = &mut c.registries[id];
-        if reg.name != alias && !reg.aliases.contains(&alias) {
-            reg.aliases.push(alias);
-        }
-    }
-    if let Some(list) = &r.realm_allowlist {
-        let mut origins = Vec::new();
-        for s in list {
-            let o = Origin::parse(s).map_err(|e| ConfigError::new(key("realm_allowlist"), e.message))?;
-            if o.scheme == Scheme::Http && !development {
-                return Err(ConfigError::new(key("realm_allowlist"), format!("{s:?}: http realm needs `development = true`")));
-            }
-            origins.push(o);
-        }
-        c.registries[id].realm_allowlist = origins;
-    }
-    for s in r.address_exceptions.iter().flatten() {
-        let hp = normalize_host(s)
-            .filter(|hp| is_valid_host(&hp.host) && !s.contains(['*', '/']))
-            .ok_or_else(|| ConfigError::new(key("address_exceptions"), format!("{s:?} is not one exact host:port")))?;
-        let port = hp.port.ok_or_else(|| ConfigError::new(key("address_exceptions"), format!("{s:?} has no port")))?;
-        c.address_exceptions.push(AddressException { registry: id, host: hp.host, port });
-    }
-    let reg = &mut c.registries[id];
-    reg.development = development;
-    if let Some(fl) = r.flavour {
-        reg.flavour = match fl {
-            FlavourSetting::Dockerhub => Flavour::DockerHub,
-            FlavourSetting::Generic => Flavour::Generic,
-        };
-    }
-    if let Some(m) = r.redirects {
-        reg.redirects = match m {
-            RedirectsSetting::Follow => RedirectMode::Follow,
-            RedirectsSetting::Pass => RedirectMode::Pass,
-        };
-    }
-    if let Some(p) = r.allow_push {
-        reg.allow_push = p;
-    }
-    Ok(())
-}
-
-fn apply_credentials(
-    c: &mut Config,
-    replaced: &[bool],
-    f: &ConfigFile,
-    env: &dyn EnvSource,
-    read_file: &dyn Fn(&str) -> Result<String, String>,
-) -> Result<(), ConfigError> {
-    let from_routes = f.routes.iter().filter_map(|(n, r)| r.credentials.as_ref().map(|cr| (n, cr, format!("routes.{n}.credentials"))));
-    let from_top = f.credentials.iter().map(|(n, cr)| (n, cr, format!("credentials.{n}")));
-    for (raw_name, cr, base) in from_routes.chain(from_top) {
-        let key = |k: &str| format!("{base}.{k}");
-        let name = registry_name(&base, raw_name)?;
-        let id = c
-            .registry_by_name(&name)
-            .ok_or_else(|| ConfigError::new(&base, format!("no registry named {name:?}")))?;
-        let reg_name = c.registries[id].name.clone();
-        if c.registries[id].credentials.is_some() {
-            return Err(ConfigError::new(&base, format!("credentials for {reg_name:?} are set twice")));
-        }
-        let username = cr.username.clone().filter(|u| !u.is_empty()).ok_or_else(|| ConfigError::new(key("username"), "required"))?;
-        let secret = match (&cr.password, &cr.password_env, &cr.password_file) {
-            (Some(p), None, None) => p.clone(),
-            (None, Some(var), None) => env
-                .get(var)
-                .ok_or_else(|| ConfigError::new(key("password_env"), format!("environment variable {var:?} is not set")))?,
-            (None, None, Some(path)) => {
-                let text = read_file(path).map_err(|e| ConfigError::new(key("password_file"), e))?;
-                let t = text.strip_suffix('\n').unwrap_or(&text);
-                t.strip_suffix('\r').unwrap_or(t).to_owned()
-            }
-            _ => {
-                return Err(ConfigError::new(&base, "set exactly one of password, password_env, password_file"));
-            }
-        };
-        if secret.is_empty() {
-            let which = if cr.password.is_some() {
-                "password"
-            } else if cr.password_env.is_some() {
-                "password_env"
-            } else {
-                "password_file"
-            };
-            return Err(ConfigError::new(key(which), "the secret is empty"));
-        }
-        let anonymous_repositories = match &cr.anonymous_repositories {
-            Some(list) => {
-                for p in list {
-                    if p.is_empty() || p.starts_with('/') || p.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
-                        return Err(ConfigError::new(key("anonymous_repositories"), format!("{p:?} is not a repository pattern")));
-                    }
-                }
-                list.clone()
-            }
-            None if reg_name == "docker.io" => vec!["library/*".to_owned()],
-            None => Vec::new(),
-        };
-        let reg = &mut c.registries[id];
-        if reg.realm_allowlist.is_empty() {
-            let known = KNOWN_REALMS.iter().find(|(n, _)| *n == reg_name).map(|(_, realm)| origin(realm));
-            match known {
-                Some(o) if !replaced.get(id).copied().unwrap_or(true) => reg.realm_allowlist = vec![o],
-                _ => {
-                    return Err(ConfigError::new(
-                        format!("routes.{reg_name}.realm_allowlist"),
-                        "a registry with credentials needs a realm allowlist",
-                    ));
-                }
-            }
-        }
-        reg.credentials = Some(Credentials { username, secret, anonymous_repositories });
-    }
-    Ok(())
-}
-
-fn apply_mirrors(c: &mut Config, f: &ConfigFile) -> Result<(), ConfigError> {
-    for m in f.mirror_hosts.iter().flatten() {
-        let host = host_name("mirror_hosts", m)?;
-        if c.hosts.contains_key(&host) || c.mirror_hosts.contains(&host) {
-            return Err(ConfigError::new("mirror_hosts", format!("duplicate host {host:?}")));
-        }
-        c.mirror_hosts.push(host);
     }
     Ok(())
 }
@@ -535,7 +386,11 @@ fn add_debug_fallback(c: &mut Config, origin: Origin, warnings: &mut Vec<ConfigW
     c.registries.push(Registry {
         name: origin.host.clone(),
         aliases: Vec::new(),
-        flavour: if hub { Flavour::DockerHub } else { Flavour::Generic },
+        flavour: if hub {
+            Flavour::DockerHub
+        } else {
+            Flavour::Generic
+        },
         redirects: RedirectMode::Follow,
         allow_push: false,
         realm_allowlist: Vec::new(),

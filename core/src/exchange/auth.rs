@@ -19,7 +19,9 @@ impl Exchange {
     /// Entry of the `/v2/auth` flow.
     pub(super) fn on_auth(&mut self, now: Timestamp) {
         if self.req.method == Method::POST {
-            self.queue.push_back(Action::ReadClientBody { limit: self.config.limits.max_auth_form_bytes });
+            self.queue.push_back(Action::ReadClientBody {
+                limit: self.config.limits.max_auth_form_bytes,
+            });
             self.phase = Phase::ClientBody;
             return;
         }
@@ -33,7 +35,11 @@ impl Exchange {
     /// The POST form arrived (or was too large).
     pub(super) fn on_client_body(&mut self, body: Option<Bytes>, now: Timestamp) {
         let Some(body) = body else {
-            return self.respond_error(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::Unsupported, "form too large");
+            return self.respond_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::Unsupported,
+                "form too large",
+            );
         };
         self.auth_form = Some(body);
         self.discover_realm(now);
@@ -50,7 +56,10 @@ impl Exchange {
             .filter(|(k, _)| k == "scope")
             .map(|(_, v)| v.into_owned())
             .collect();
-        scope::split_scopes(values.iter().map(String::as_str)).into_iter().map(str::to_owned).collect()
+        scope::split_scopes(values.iter().map(String::as_str))
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Step 1: `GET {upstream}/v2/` without the client's credentials.
@@ -59,27 +68,43 @@ impl Exchange {
         let scopes = self.client_scopes();
         let refs: Vec<&str> = scopes.iter().map(String::as_str).collect();
         let config = self.config.clone();
-        if let Some(prefix) = scope::registry_prefix(&refs, |n| config.registry_by_name(n).is_some()) {
-            if let (Some(id), Some(routed)) = (config.registry_by_name(prefix), self.routed.as_mut()) {
-                match routed.host_kind {
-                    HostKind::Mirror if routed.namespace.is_none() && routed.prefix.is_none() => routed.registry = id,
-                    _ if routed.registry != id => {
-                        return self.respond_error(
-                            StatusCode::BAD_REQUEST,
-                            ErrorCode::NameInvalid,
-                            "scope names another registry than this host serves",
-                        );
-                    }
-                    _ => {}
+        if let Some(prefix) =
+            scope::registry_prefix(&refs, |n| config.registry_by_name(n).is_some())
+            && let (Some(id), Some(routed)) =
+                (config.registry_by_name(prefix), self.routed.as_mut())
+        {
+            match routed.host_kind {
+                HostKind::Mirror if routed.namespace.is_none() && routed.prefix.is_none() => {
+                    routed.registry = id
                 }
+                _ if routed.registry != id => {
+                    return self.respond_error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::NameInvalid,
+                        "scope names another registry than this host serves",
+                    );
+                }
+                _ => {}
             }
         }
         let Some(url) = self.upstream_url("/v2/", None) else {
-            return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "bad upstream URL");
+            return self.respond_error(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                "bad upstream URL",
+            );
         };
         let mut headers = HeaderMap::new();
         self.add_user_agent(&mut headers);
-        self.send(Method::GET, url, headers, UpstreamBody::Empty, Purpose::RealmDiscovery, Step::Realm, now);
+        self.send(
+            Method::GET,
+            url,
+            headers,
+            UpstreamBody::Empty,
+            Purpose::RealmDiscovery,
+            Step::Realm,
+            now,
+        );
     }
 
     fn add_user_agent(&self, headers: &mut HeaderMap) {
@@ -99,19 +124,35 @@ impl Exchange {
         if head.status != StatusCode::UNAUTHORIZED {
             return self.relay_verbatim(head);
         }
-        let values: Vec<&[u8]> = head.headers.get_all(header::WWW_AUTHENTICATE).iter().map(HeaderValue::as_bytes).collect();
-        let challenges = match challenge::parse(&values) {
-            Ok(c) => c,
-            Err(_) => return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "unusable upstream challenge"),
+        let values: Vec<&[u8]> = head
+            .headers
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let Ok(challenges) = challenge::parse(&values) else {
+            return self.respond_error(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                "unusable upstream challenge",
+            );
         };
         let Some(bearer) = challenges.iter().find(|c| c.is_bearer()) else {
             return self.relay_verbatim(head);
         };
         let Some(realm) = bearer.param("realm").and_then(|r| url::Url::parse(r).ok()) else {
-            return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "upstream challenge has no usable realm");
+            return self.respond_error(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                "upstream challenge has no usable realm",
+            );
         };
         if !crate::redirect::realm_allowed(self.registry(), &realm) {
-            return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "upstream realm refused");
+            return self.respond_error(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                "upstream realm refused",
+            );
         }
         let service = bearer.param("service").map(str::to_owned);
         let registry = self.registry().clone();
@@ -131,17 +172,44 @@ impl Exchange {
         match self.auth_form.clone() {
             Some(form) => {
                 let Ok(body) = scope::transform_form(&form, service.as_deref(), &rules) else {
-                    return self.respond_error(StatusCode::BAD_REQUEST, ErrorCode::Unsupported, "malformed form");
+                    return self.respond_error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::Unsupported,
+                        "malformed form",
+                    );
                 };
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-www-form-urlencoded"));
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-www-form-urlencoded"),
+                );
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-                self.send(Method::POST, realm, headers, UpstreamBody::Bytes(Bytes::from(body)), Purpose::Token, Step::Token, now);
+                self.send(
+                    Method::POST,
+                    realm,
+                    headers,
+                    UpstreamBody::Bytes(Bytes::from(body)),
+                    Purpose::Token,
+                    Step::Token,
+                    now,
+                );
             }
             None => {
-                let scopes: Vec<String> = self.client_scopes().iter().map(|s| scope::transform(s, &rules)).collect();
+                let scopes: Vec<String> = self
+                    .client_scopes()
+                    .iter()
+                    .map(|s| scope::transform(s, &rules))
+                    .collect();
                 let other = scope::passthrough_params(self.query.as_deref().unwrap_or(""));
                 let url = scope::token_query(&realm, service.as_deref(), &scopes, &other);
-                self.send(Method::GET, url, headers, UpstreamBody::Empty, Purpose::Token, Step::Token, now);
+                self.send(
+                    Method::GET,
+                    url,
+                    headers,
+                    UpstreamBody::Empty,
+                    Purpose::Token,
+                    Step::Token,
+                    now,
+                );
             }
         }
     }
@@ -152,7 +220,10 @@ impl Exchange {
         let mut resp = Response {
             status: head.status,
             headers,
-            body: BodyPlan::Upstream { verify: None, store: None },
+            body: BodyPlan::Upstream {
+                verify: None,
+                store: None,
+            },
             x_cache: None,
         };
         let ns = self.namespace();
@@ -166,7 +237,12 @@ impl Exchange {
         headers.remove(header::SET_COOKIE);
         headers.remove(header::TRANSFER_ENCODING);
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        let mut resp = Response { status: head.status, headers, body: BodyPlan::Bytes(body), x_cache: None };
+        let mut resp = Response {
+            status: head.status,
+            headers,
+            body: BodyPlan::Bytes(body),
+            x_cache: None,
+        };
         mark_private(&mut resp);
         let ns = self.namespace();
         decorate(&mut resp, ns.as_deref(), None);

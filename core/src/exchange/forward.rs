@@ -8,8 +8,8 @@ use url::Url;
 use super::machine::{Exchange, Phase};
 use super::respond::{self, CONTENT_DIGEST, decorate, error_response, mark_private, oci};
 use super::{
-    Action, BodyPlan, CacheResult, ManifestEntry, Purpose, Response, UpstreamBody, UpstreamError, UpstreamHead,
-    UpstreamRequest,
+    Action, BodyPlan, CacheResult, ManifestEntry, Purpose, Response, UpstreamBody, UpstreamError,
+    UpstreamHead, UpstreamRequest,
 };
 use crate::Timestamp;
 use crate::cache_policy::{CacheKey, XCache, accept_class};
@@ -55,11 +55,23 @@ impl Exchange {
             return;
         }
         let Some(url) = self.upstream_url("/v2/", None) else {
-            return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "bad upstream URL");
+            return self.respond_error(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                "bad upstream URL",
+            );
         };
         let headers = self.forwarded_headers();
         let method = self.req.method.clone();
-        self.send(method, url, headers, UpstreamBody::Empty, Purpose::Ping, Step::Ping, now);
+        self.send(
+            method,
+            url,
+            headers,
+            UpstreamBody::Empty,
+            Purpose::Ping,
+            Step::Ping,
+            now,
+        );
     }
 
     /// A manifest, blob, tags, referrers, catalog or upload request.
@@ -70,12 +82,10 @@ impl Exchange {
             self.respond_method_not_allowed("GET, HEAD");
             return;
         }
-        if is_read {
-            if let Some(key) = self.cache_key() {
-                self.queue.push_back(Action::CacheLookup(key));
-                self.phase = Phase::Cache;
-                return;
-            }
+        if is_read && let Some(key) = self.cache_key() {
+            self.queue.push_back(Action::CacheLookup(key));
+            self.phase = Phase::Cache;
+            return;
         }
         self.send_resource(now);
     }
@@ -87,9 +97,15 @@ impl Exchange {
         }
         let registry = self.registry().name.clone();
         match self.request.as_ref()? {
-            RegistryRequest::Blob { digest, .. } => Some(CacheKey::Blob { registry, digest: digest.clone() }),
+            RegistryRequest::Blob { digest, .. } => Some(CacheKey::Blob {
+                registry,
+                digest: digest.clone(),
+            }),
             RegistryRequest::Manifest { name, reference } => Some(match reference {
-                Reference::Digest(d) => CacheKey::Manifest { registry, digest: d.clone() },
+                Reference::Digest(d) => CacheKey::Manifest {
+                    registry,
+                    digest: d.clone(),
+                },
                 Reference::Tag(t) => CacheKey::Tag {
                     registry,
                     name: name.clone(),
@@ -105,28 +121,56 @@ impl Exchange {
         match result {
             CacheResult::Miss => self.send_resource(now),
             CacheResult::Blob { size } => self.respond_blob_hit(size),
-            CacheResult::Manifest { digest, media_type, body } => self.respond_manifest(&digest, &media_type, body, XCache::Hit),
+            CacheResult::Manifest {
+                digest,
+                media_type,
+                body,
+            } => self.respond_manifest(&digest, &media_type, body, XCache::Hit),
         }
     }
 
     fn respond_blob_hit(&mut self, size: u64) {
         let Some(RegistryRequest::Blob { digest, .. }) = self.request.clone() else {
-            return self.respond_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, "cache mismatch");
+            return self.respond_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Unknown,
+                "cache mismatch",
+            );
         };
         let registry = self.registry().name.clone();
-        let key = CacheKey::Blob { registry, digest: digest.clone() };
-        let range = self.req.headers.get(header::RANGE).map(HeaderValue::as_bytes);
+        let key = CacheKey::Blob {
+            registry,
+            digest: digest.clone(),
+        };
+        let range = self
+            .req
+            .headers
+            .get(header::RANGE)
+            .map(HeaderValue::as_bytes);
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         insert_digest(&mut headers, &digest);
         let (status, body, len) = match crate::range::decide(range, size) {
-            crate::range::RangeDecision::Full => (StatusCode::OK, BodyPlan::Cache { key, range: None }, size),
+            crate::range::RangeDecision::Full => {
+                (StatusCode::OK, BodyPlan::Cache { key, range: None }, size)
+            }
             crate::range::RangeDecision::Partial { start, end } => {
-                if let Ok(v) = HeaderValue::from_str(&crate::range::content_range(start, end, size)) {
+                if let Ok(v) = HeaderValue::from_str(&crate::range::content_range(start, end, size))
+                {
                     headers.insert(header::CONTENT_RANGE, v);
                 }
-                (StatusCode::PARTIAL_CONTENT, BodyPlan::Cache { key, range: Some((start, end)) }, end - start + 1)
+                (
+                    StatusCode::PARTIAL_CONTENT,
+                    BodyPlan::Cache {
+                        key,
+                        range: Some((start, end)),
+                    },
+                    end - start + 1,
+                )
             }
             crate::range::RangeDecision::Unsatisfiable => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
@@ -136,8 +180,17 @@ impl Exchange {
             }
         };
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        let body = if self.is_head() { BodyPlan::Empty } else { body };
-        let mut resp = Response { status, headers, body, x_cache: None };
+        let body = if self.is_head() {
+            BodyPlan::Empty
+        } else {
+            body
+        };
+        let mut resp = Response {
+            status,
+            headers,
+            body,
+            x_cache: None,
+        };
         let ns = self.namespace();
         decorate(&mut resp, ns.as_deref(), Some(XCache::Hit));
         self.respond(resp);
@@ -153,27 +206,62 @@ impl Exchange {
         if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
             headers.insert(header::ETAG, v);
         }
-        let body = if self.is_head() { BodyPlan::Empty } else { BodyPlan::Bytes(body) };
-        let mut resp = Response { status: StatusCode::OK, headers, body, x_cache: None };
+        let body = if self.is_head() {
+            BodyPlan::Empty
+        } else {
+            BodyPlan::Bytes(body)
+        };
+        let mut resp = Response {
+            status: StatusCode::OK,
+            headers,
+            body,
+            x_cache: None,
+        };
         let ns = self.namespace();
         decorate(&mut resp, ns.as_deref(), Some(x));
         self.respond(resp);
     }
 
     fn send_resource(&mut self, now: Timestamp) {
-        let path = self.routed.as_ref().map(|r| r.path.clone()).unwrap_or_default();
+        let path = self
+            .routed
+            .as_ref()
+            .map(|r| r.path.clone())
+            .unwrap_or_default();
         let query = self.query.clone();
         let Some(url) = self.upstream_url(&path, query.as_deref()) else {
-            return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "bad upstream URL");
+            return self.respond_error(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                "bad upstream URL",
+            );
         };
         let mut headers = self.forwarded_headers();
-        if matches!(self.request, Some(RegistryRequest::Manifest { .. } | RegistryRequest::Blob { .. })) {
-            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+        if matches!(
+            self.request,
+            Some(RegistryRequest::Manifest { .. } | RegistryRequest::Blob { .. })
+        ) {
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
         }
         let is_read = crate::request::is_read(self.method());
-        let body = if is_read { UpstreamBody::Empty } else { UpstreamBody::Client };
+        let body = if is_read {
+            UpstreamBody::Empty
+        } else {
+            UpstreamBody::Client
+        };
         let method = self.req.method.clone();
-        self.send(method, url, headers, body, Purpose::Resource, Step::Resource, now);
+        self.send(
+            method,
+            url,
+            headers,
+            body,
+            Purpose::Resource,
+            Step::Resource,
+            now,
+        );
     }
 
     /// Queues an upstream request and waits for its head.
@@ -233,10 +321,12 @@ impl Exchange {
         }
         let status = head.status.as_u16();
         let is_read = crate::request::is_read(self.method());
-        if redirect::is_redirect(status) && is_read && matches!(step, Step::Resource) {
-            if let Some(loc) = respond::header_str(&head.headers, "location").map(str::to_owned) {
-                return self.on_redirect(&head, &loc, now);
-            }
+        if redirect::is_redirect(status)
+            && is_read
+            && matches!(step, Step::Resource)
+            && let Some(loc) = respond::header_str(&head.headers, "location").map(str::to_owned)
+        {
+            return self.on_redirect(&head, &loc, now);
         }
         if status == 401 {
             self.last_head = Some(head);
@@ -245,7 +335,11 @@ impl Exchange {
         }
         if head.status.is_server_error() {
             let mut resp = error_response(
-                &oci(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, "upstream unavailable"),
+                &oci(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::Unavailable,
+                    "upstream unavailable",
+                ),
                 self.is_head(),
             );
             if let Some(ra) = head.headers.get(header::RETRY_AFTER) {
@@ -278,14 +372,27 @@ impl Exchange {
             Some(RegistryRequest::Blob { digest, .. }) if self.req.method == Method::GET => {
                 let full = ok;
                 let registry = self.registry().name.clone();
-                let store = (full && self.config.cache.enabled)
-                    .then(|| CacheKey::Blob { registry, digest: digest.clone() });
-                let x = if store.is_some() { XCache::Miss } else { XCache::Bypass };
+                let store = (full && self.config.cache.enabled).then(|| CacheKey::Blob {
+                    registry,
+                    digest: digest.clone(),
+                });
+                let x = if store.is_some() {
+                    XCache::Miss
+                } else {
+                    XCache::Bypass
+                };
                 let verify = full.then_some(digest);
                 self.relay(head, BodyPlan::Upstream { verify, store }, Some(x));
             }
             _ => {
-                let body = if self.is_head() { BodyPlan::Empty } else { BodyPlan::Upstream { verify: None, store: None } };
+                let body = if self.is_head() {
+                    BodyPlan::Empty
+                } else {
+                    BodyPlan::Upstream {
+                        verify: None,
+                        store: None,
+                    }
+                };
                 let x = self.x_cache_default();
                 self.relay(head, body, x);
             }
@@ -307,14 +414,20 @@ impl Exchange {
         if let Some(loc) = respond::header_str(&headers, "location").map(str::to_owned) {
             self.rewrite_location_header(&mut headers, &loc);
         }
-        let mut resp = Response { status: head.status, headers, body, x_cache: None };
+        let mut resp = Response {
+            status: head.status,
+            headers,
+            body,
+            x_cache: None,
+        };
         let ns = self.namespace();
         decorate(&mut resp, ns.as_deref(), x);
         self.respond(resp);
     }
 
     fn rewrite_location_header(&self, headers: &mut HeaderMap, loc: &str) {
-        let (Some(routed), Some(upstream)) = (self.routed.as_ref(), self.current_url.as_ref()) else {
+        let (Some(routed), Some(upstream)) = (self.routed.as_ref(), self.current_url.as_ref())
+        else {
             return;
         };
         let base = respond::public_base(&self.config, &self.req, routed);
@@ -334,36 +447,62 @@ impl Exchange {
         let Some(current) = self.current_url.clone() else {
             return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "bad redirect");
         };
-        let decision = redirect::decide(&self.config, self.registry(), &current, location, self.hops);
+        let decision =
+            redirect::decide(&self.config, self.registry(), &current, location, self.hops);
         match decision {
-            RedirectDecision::Refuse(why) => self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, why),
+            RedirectDecision::Refuse(why) => {
+                self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, why)
+            }
             RedirectDecision::Pass { location } => {
                 let mut headers = crate::headers::relay_response_headers(&head.headers);
                 if let Ok(v) = HeaderValue::from_str(&location) {
                     headers.insert(header::LOCATION, v);
                 }
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-                let mut resp = Response { status: head.status, headers, body: BodyPlan::Empty, x_cache: None };
+                let mut resp = Response {
+                    status: head.status,
+                    headers,
+                    body: BodyPlan::Empty,
+                    x_cache: None,
+                };
                 let ns = self.namespace();
                 let x = self.x_cache_default();
                 decorate(&mut resp, ns.as_deref(), x);
                 self.respond(resp);
             }
-            RedirectDecision::Follow { target, same_origin } => {
+            RedirectDecision::Follow {
+                target,
+                same_origin,
+            } => {
                 self.hops = self.hops.saturating_add(1);
                 let mut headers = if same_origin {
                     self.forwarded_headers()
                 } else {
                     crate::headers::redirect_hop_headers(&self.req.headers)
                 };
-                if !headers.contains_key(header::USER_AGENT) {
-                    if let Ok(v) = HeaderValue::from_str(&self.config.user_agent) {
-                        headers.insert(header::USER_AGENT, v);
-                    }
+                if !headers.contains_key(header::USER_AGENT)
+                    && let Ok(v) = HeaderValue::from_str(&self.config.user_agent)
+                {
+                    headers.insert(header::USER_AGENT, v);
                 }
-                headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-                let (method, step) = if self.is_head() { (Method::HEAD, Step::ProbeHead) } else { (Method::GET, Step::Resource) };
-                self.send(method, target, headers, UpstreamBody::Empty, Purpose::RedirectHop, step, now);
+                headers.insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+                let (method, step) = if self.is_head() {
+                    (Method::HEAD, Step::ProbeHead)
+                } else {
+                    (Method::GET, Step::Resource)
+                };
+                self.send(
+                    method,
+                    target,
+                    headers,
+                    UpstreamBody::Empty,
+                    Purpose::RedirectHop,
+                    step,
+                    now,
+                );
             }
         }
     }
@@ -372,22 +511,38 @@ impl Exchange {
     /// `Range: bytes=0-0` GET when the signed URL refuses HEAD.
     fn on_probe_head(&mut self, step: Step, head: UpstreamHead, now: Timestamp) {
         let status = head.status.as_u16();
-        if redirect::is_redirect(status) {
-            if let Some(loc) = respond::header_str(&head.headers, "location").map(str::to_owned) {
-                return self.on_redirect(&head, &loc, now);
-            }
+        if redirect::is_redirect(status)
+            && let Some(loc) = respond::header_str(&head.headers, "location").map(str::to_owned)
+        {
+            return self.on_redirect(&head, &loc, now);
         }
         if matches!(step, Step::ProbeHead) && matches!(status, 400 | 403 | 405) {
             let Some(url) = self.current_url.clone() else {
-                return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "bad redirect");
+                return self.respond_error(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::Unknown,
+                    "bad redirect",
+                );
             };
             let mut headers = crate::headers::redirect_hop_headers(&self.req.headers);
             headers.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
-            headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
-            return self.send(Method::GET, url, headers, UpstreamBody::Empty, Purpose::SizeProbe, Step::ProbeRange, now);
+            headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+            return self.send(
+                Method::GET,
+                url,
+                headers,
+                UpstreamBody::Empty,
+                Purpose::SizeProbe,
+                Step::ProbeRange,
+                now,
+            );
         }
         let size = match status {
-            200 => respond::header_str(&head.headers, "content-length").and_then(|v| v.parse::<u64>().ok()),
+            200 => respond::header_str(&head.headers, "content-length")
+                .and_then(|v| v.parse::<u64>().ok()),
             206 => respond::header_str(&head.headers, "content-range")
                 .and_then(|v| v.rsplit_once('/'))
                 .and_then(|(_, total)| total.trim().parse::<u64>().ok()),
@@ -395,7 +550,11 @@ impl Exchange {
         };
         let Some(size) = size else {
             if head.status.is_server_error() || status < 400 {
-                return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, "upstream unavailable");
+                return self.respond_error(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::Unavailable,
+                    "upstream unavailable",
+                );
             }
             return self.relay(head, BodyPlan::Empty, self.x_cache_default());
         };
@@ -412,10 +571,18 @@ impl Exchange {
                 insert_digest(&mut headers, digest);
                 headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             }
-            Some(RegistryRequest::Manifest { reference: Reference::Digest(d), .. }) => insert_digest(&mut headers, d),
+            Some(RegistryRequest::Manifest {
+                reference: Reference::Digest(d),
+                ..
+            }) => insert_digest(&mut headers, d),
             _ => {}
         }
-        let mut resp = Response { status: StatusCode::OK, headers, body: BodyPlan::Empty, x_cache: None };
+        let mut resp = Response {
+            status: StatusCode::OK,
+            headers,
+            body: BodyPlan::Empty,
+            x_cache: None,
+        };
         let ns = self.namespace();
         let x = self.x_cache_default();
         decorate(&mut resp, ns.as_deref(), x);
@@ -424,7 +591,11 @@ impl Exchange {
 
     pub(super) fn on_upstream_body(&mut self, step: BodyStep, body: Bytes, now: Timestamp) {
         let Some(head) = self.last_head.take() else {
-            return self.respond_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, "internal error");
+            return self.respond_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Unknown,
+                "internal error",
+            );
         };
         match step {
             BodyStep::Token => self.on_token_body(head, body, now),
@@ -436,18 +607,27 @@ impl Exchange {
     /// Verifies a manifest before a byte is sent (SECURITY.md §2.4).
     fn on_manifest_body(&mut self, head: UpstreamHead, body: Bytes) {
         let Some(RegistryRequest::Manifest { name, reference }) = self.request.clone() else {
-            return self.respond_error(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, "internal error");
+            return self.respond_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Unknown,
+                "internal error",
+            );
         };
         let digest = match &reference {
             Reference::Digest(d) => {
                 if crate::verifier::verify_all(d, &body).is_err() {
-                    return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::DigestInvalid, "manifest digest mismatch");
+                    return self.respond_error(
+                        StatusCode::BAD_GATEWAY,
+                        ErrorCode::DigestInvalid,
+                        "manifest digest mismatch",
+                    );
                 }
                 d.clone()
             }
             Reference::Tag(_) => {
                 let computed = crate::verifier::sha256_digest(&body);
-                let claimed = respond::header_str(&head.headers, "docker-content-digest").map(str::trim);
+                let claimed =
+                    respond::header_str(&head.headers, "docker-content-digest").map(str::trim);
                 if let Some(c) = claimed {
                     let matches = match Digest::parse(c) {
                         Ok(cd) if cd.algorithm() == computed.algorithm() => cd == computed,
@@ -455,7 +635,11 @@ impl Exchange {
                         Err(_) => false,
                     };
                     if !matches {
-                        return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::DigestInvalid, "manifest digest mismatch");
+                        return self.respond_error(
+                            StatusCode::BAD_GATEWAY,
+                            ErrorCode::DigestInvalid,
+                            "manifest digest mismatch",
+                        );
                     }
                 }
                 computed
@@ -465,21 +649,28 @@ impl Exchange {
             .unwrap_or("application/octet-stream")
             .to_owned();
         if !media_type_consistent(&media_type, &body) {
-            return self.respond_error(StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid, "manifest media type mismatch");
+            return self.respond_error(
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::ManifestInvalid,
+                "manifest media type mismatch",
+            );
         }
         let x = if self.config.cache.enabled {
             let registry = self.registry().name.clone();
             let tag = match &reference {
                 Reference::Tag(t) => Some(CacheKey::Tag {
                     registry: registry.clone(),
-                    name: name.clone(),
+                    name,
                     tag: t.clone(),
                     accept: accept_class(&self.req.headers),
                 }),
                 Reference::Digest(_) => None,
             };
             self.queue.push_back(Action::CacheStore(ManifestEntry {
-                key: CacheKey::Manifest { registry, digest: digest.clone() },
+                key: CacheKey::Manifest {
+                    registry,
+                    digest: digest.clone(),
+                },
                 tag,
                 digest: digest.clone(),
                 media_type: media_type.clone(),
@@ -496,7 +687,9 @@ impl Exchange {
     fn on_error_body(&mut self, head: UpstreamHead, body: Option<Bytes>) {
         let status = head.status;
         let mut headers = crate::headers::relay_response_headers(&head.headers);
-        let is_json = body.as_ref().is_some_and(|b| serde_json::from_slice::<serde_json::Value>(b).is_ok());
+        let is_json = body
+            .as_ref()
+            .is_some_and(|b| serde_json::from_slice::<serde_json::Value>(b).is_ok());
         let body = match body {
             Some(b) if is_json => b,
             _ => {
@@ -504,13 +697,26 @@ impl Exchange {
                     401 => (ErrorCode::Unauthorized, "authentication required"),
                     429 => (ErrorCode::TooManyRequests, "too many requests"),
                     404 => match &self.request {
-                        Some(RegistryRequest::Manifest { .. }) => (ErrorCode::ManifestUnknown, "manifest unknown"),
-                        Some(RegistryRequest::Blob { .. }) => (ErrorCode::BlobUnknown, "blob unknown"),
-                        _ => (ErrorCode::NameUnknown, "repository name not known to registry"),
+                        Some(RegistryRequest::Manifest { .. }) => {
+                            (ErrorCode::ManifestUnknown, "manifest unknown")
+                        }
+                        Some(RegistryRequest::Blob { .. }) => {
+                            (ErrorCode::BlobUnknown, "blob unknown")
+                        }
+                        _ => (
+                            ErrorCode::NameUnknown,
+                            "repository name not known to registry",
+                        ),
                     },
-                    _ => (ErrorCode::Denied, "requested access to the resource is denied"),
+                    _ => (
+                        ErrorCode::Denied,
+                        "requested access to the resource is denied",
+                    ),
                 };
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 oci(status, code, msg).body()
             }
         };
@@ -519,7 +725,11 @@ impl Exchange {
         let mut resp = Response {
             status,
             headers,
-            body: if self.is_head() { BodyPlan::Empty } else { BodyPlan::Bytes(body) },
+            body: if self.is_head() {
+                BodyPlan::Empty
+            } else {
+                BodyPlan::Bytes(body)
+            },
             x_cache: None,
         };
         if status == StatusCode::UNAUTHORIZED {
@@ -534,8 +744,14 @@ impl Exchange {
 
     /// Replaces every Bearer challenge's realm with ours (COMPAT.md §4.1).
     fn rewrite_challenges(&self, upstream: &HeaderMap, out: &mut HeaderMap) {
-        let Some(routed) = self.routed.as_ref() else { return };
-        let values: Vec<&[u8]> = upstream.get_all(header::WWW_AUTHENTICATE).iter().map(HeaderValue::as_bytes).collect();
+        let Some(routed) = self.routed.as_ref() else {
+            return;
+        };
+        let values: Vec<&[u8]> = upstream
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
         if values.is_empty() {
             return;
         }
@@ -568,15 +784,34 @@ impl Exchange {
                 return self.on_error_body(head, None);
             }
         }
-        let token = matches!(head_step, Some(Step::Token | Step::Realm)) || matches!(body_step, Some(BodyStep::Token));
+        let token = matches!(head_step, Some(Step::Token | Step::Realm))
+            || matches!(body_step, Some(BodyStep::Token));
         let (status, code, msg) = match (err, body_step) {
-            (UpstreamError::TooLarge, Some(BodyStep::Manifest)) => {
-                (StatusCode::BAD_GATEWAY, ErrorCode::ManifestInvalid, "manifest too large")
-            }
-            (UpstreamError::Timeout, _) => (StatusCode::GATEWAY_TIMEOUT, ErrorCode::Unavailable, "upstream timeout"),
-            (UpstreamError::Denied, _) => (StatusCode::BAD_GATEWAY, ErrorCode::Unknown, "upstream address refused"),
-            _ if token => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, "token server unavailable"),
-            _ => (StatusCode::BAD_GATEWAY, ErrorCode::Unavailable, "upstream unavailable"),
+            (UpstreamError::TooLarge, Some(BodyStep::Manifest)) => (
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::ManifestInvalid,
+                "manifest too large",
+            ),
+            (UpstreamError::Timeout, _) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorCode::Unavailable,
+                "upstream timeout",
+            ),
+            (UpstreamError::Denied, _) => (
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unknown,
+                "upstream address refused",
+            ),
+            _ if token => (
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unavailable,
+                "token server unavailable",
+            ),
+            _ => (
+                StatusCode::BAD_GATEWAY,
+                ErrorCode::Unavailable,
+                "upstream unavailable",
+            ),
         };
         self.respond_error(status, code, msg);
     }
@@ -599,7 +834,9 @@ fn media_type_consistent(content_type: &str, body: &[u8]) -> bool {
     }
     let ct = content_type.split(';').next().unwrap_or("").trim();
     match serde_json::from_slice::<Probe>(body) {
-        Ok(Probe { media_type: Some(mt) }) => mt.eq_ignore_ascii_case(ct),
+        Ok(Probe {
+            media_type: Some(mt),
+        }) => mt.eq_ignore_ascii_case(ct),
         _ => true,
     }
 }

@@ -101,7 +101,10 @@ impl Exchange {
         }
         match self.phase {
             Phase::Finished => Action::Done,
-            _ => Action::Wait(self.deadline.unwrap_or(now + self.config.limits.header_timeout)),
+            _ => Action::Wait(
+                self.deadline
+                    .unwrap_or(now + self.config.limits.header_timeout),
+            ),
         }
     }
 
@@ -182,14 +185,21 @@ impl Exchange {
 
     /// `X-Cache: BYPASS` for manifest and blob paths when nothing else applies.
     pub(super) fn x_cache_default(&self) -> Option<crate::cache_policy::XCache> {
-        matches!(self.request, Some(RegistryRequest::Manifest { .. } | RegistryRequest::Blob { .. }))
-            .then_some(crate::cache_policy::XCache::Bypass)
+        matches!(
+            self.request,
+            Some(RegistryRequest::Manifest { .. } | RegistryRequest::Blob { .. })
+        )
+        .then_some(crate::cache_policy::XCache::Bypass)
     }
 
     fn start(&mut self, now: Timestamp) {
         // 1. Target form: origin-form only (never a forward proxy).
         if self.req.method == Method::CONNECT || !self.path.starts_with('/') {
-            let e = oci(StatusCode::BAD_REQUEST, ErrorCode::Unsupported, "absolute-form and CONNECT are not supported");
+            let e = oci(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::Unsupported,
+                "absolute-form and CONNECT are not supported",
+            );
             self.respond(error_response(&e, false));
             return;
         }
@@ -202,11 +212,21 @@ impl Exchange {
         }
         // 3. Routing.
         let host = self.effective_host();
-        let routed = match route(&self.config, host.as_deref(), &self.path, self.query.as_deref()) {
+        let routed = match route(
+            &self.config,
+            host.as_deref(),
+            &self.path,
+            self.query.as_deref(),
+        ) {
             RouteResult::Routed(r) => r,
             RouteResult::UnknownHost => {
                 let body = unknown_host_body(&self.config);
-                let resp = respond::bytes_response(StatusCode::NOT_FOUND, "application/json", body, self.is_head());
+                let resp = respond::bytes_response(
+                    StatusCode::NOT_FOUND,
+                    "application/json",
+                    body,
+                    self.is_head(),
+                );
                 self.respond(resp);
                 return;
             }
@@ -233,13 +253,17 @@ impl Exchange {
         match classified {
             Classified::Root => self.on_root(),
             Classified::Other => {
-                if path == "/v2" || path.starts_with("/v2/") {
-                    if let Some(resp) = self.library_redirect(&path) {
-                        self.respond(resp);
-                        return;
-                    }
+                if (path == "/v2" || path.starts_with("/v2/"))
+                    && let Some(resp) = self.library_redirect(&path)
+                {
+                    self.respond(resp);
+                    return;
                 }
-                self.respond_error(StatusCode::NOT_FOUND, ErrorCode::Unsupported, "unsupported path");
+                self.respond_error(
+                    StatusCode::NOT_FOUND,
+                    ErrorCode::Unsupported,
+                    "unsupported path",
+                );
             }
             Classified::Registry(r) => {
                 if let Some(resp) = self.library_redirect(&path) {
@@ -282,10 +306,15 @@ impl Exchange {
         }
         if !methods.contains(&self.req.method) {
             let mut resp = error_response(
-                &oci(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported, "method not allowed"),
+                &oci(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    ErrorCode::Unsupported,
+                    "method not allowed",
+                ),
                 false,
             );
-            resp.headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            resp.headers
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             self.respond(resp);
             return Some(true);
         }
@@ -319,8 +348,13 @@ impl Exchange {
     /// `/` on a route or mirror host: 301 to `/v2/` for GET and HEAD, else 405.
     fn on_root(&mut self) {
         if self.req.method == Method::GET || self.req.method == Method::HEAD {
-            if let Some(mut resp) = respond::redirect_response(StatusCode::MOVED_PERMANENTLY, "/v2/") {
-                resp.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            if let Some(mut resp) =
+                respond::redirect_response(StatusCode::MOVED_PERMANENTLY, "/v2/")
+            {
+                resp.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
                 self.respond(resp);
             }
         } else {
@@ -331,10 +365,15 @@ impl Exchange {
     /// 405 `UNSUPPORTED` with `Allow`.
     pub(super) fn respond_method_not_allowed(&mut self, allow: &'static str) {
         let mut resp = error_response(
-            &oci(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported, "method not allowed"),
+            &oci(
+                StatusCode::METHOD_NOT_ALLOWED,
+                ErrorCode::Unsupported,
+                "method not allowed",
+            ),
             self.is_head(),
         );
-        resp.headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        resp.headers
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
         let ns = self.routed.as_ref().and_then(|r| r.namespace.clone());
         decorate(&mut resp, ns.as_deref(), None);
         self.respond(resp);
@@ -348,12 +387,28 @@ impl Exchange {
             return None;
         }
         let parts: Vec<&str> = path.split('/').collect();
-        if parts.len() != 5 || parts[0] != "" || parts[1] != "v2" || parts[2] == "auth" || parts[2] == "_catalog" {
+        if parts.len() != 5
+            || !parts[0].is_empty()
+            || parts[1] != "v2"
+            || parts[2] == "auth"
+            || parts[2] == "_catalog"
+        {
             return None;
         }
-        let prefix = routed.prefix.as_deref().map(|p| format!("{p}/")).unwrap_or_default();
-        let query = self.query.as_deref().map(|q| format!("?{q}")).unwrap_or_default();
-        let location = format!("/v2/{prefix}library/{}/{}/{}{query}", parts[2], parts[3], parts[4]);
+        let prefix = routed
+            .prefix
+            .as_deref()
+            .map(|p| format!("{p}/"))
+            .unwrap_or_default();
+        let query = self
+            .query
+            .as_deref()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let location = format!(
+            "/v2/{prefix}library/{}/{}/{}{query}",
+            parts[2], parts[3], parts[4]
+        );
         let status = if self.req.method == Method::GET || self.req.method == Method::HEAD {
             StatusCode::MOVED_PERMANENTLY
         } else {
@@ -367,10 +422,10 @@ impl Exchange {
     /// Client headers to forward upstream (hop-by-hop and forwarding headers removed).
     pub(super) fn forwarded_headers(&self) -> HeaderMap {
         let mut h = crate::headers::forward_request_headers(&self.req.headers);
-        if !h.contains_key(header::USER_AGENT) {
-            if let Ok(v) = HeaderValue::from_str(&self.config.user_agent) {
-                h.insert(header::USER_AGENT, v);
-            }
+        if !h.contains_key(header::USER_AGENT)
+            && let Ok(v) = HeaderValue::from_str(&self.config.user_agent)
+        {
+            h.insert(header::USER_AGENT, v);
         }
         h
     }

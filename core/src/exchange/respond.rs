@@ -11,7 +11,8 @@ use crate::oci_error::{ErrorCode, OciError};
 use crate::route::Routed;
 
 /// `Docker-Distribution-Api-Version`.
-pub(super) const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+pub(super) const API_VERSION: HeaderName =
+    HeaderName::from_static("docker-distribution-api-version");
 /// `OCI-Namespace`.
 pub(super) const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
 /// `Docker-Content-Digest`.
@@ -27,17 +28,35 @@ pub(super) fn error_response(error: &OciError, head_only: bool) -> Response {
     Response {
         status: error.status,
         headers,
-        body: if head_only { BodyPlan::Empty } else { BodyPlan::Bytes(body) },
+        body: if head_only {
+            BodyPlan::Empty
+        } else {
+            BodyPlan::Bytes(body)
+        },
         x_cache: None,
     }
 }
 
 /// A response with a fixed body and content type.
-pub(super) fn bytes_response(status: StatusCode, content_type: &'static str, body: Bytes, head_only: bool) -> Response {
+pub(super) fn bytes_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Bytes,
+    head_only: bool,
+) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    Response { status, headers, body: if head_only { BodyPlan::Empty } else { BodyPlan::Bytes(body) }, x_cache: None }
+    Response {
+        status,
+        headers,
+        body: if head_only {
+            BodyPlan::Empty
+        } else {
+            BodyPlan::Bytes(body)
+        },
+        x_cache: None,
+    }
 }
 
 /// A redirect with a relative or absolute `Location` and an empty body.
@@ -45,7 +64,12 @@ pub(super) fn redirect_response(status: StatusCode, location: &str) -> Option<Re
     let mut headers = HeaderMap::new();
     headers.insert(header::LOCATION, HeaderValue::from_str(location).ok()?);
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
-    Some(Response { status, headers, body: BodyPlan::Empty, x_cache: None })
+    Some(Response {
+        status,
+        headers,
+        body: BodyPlan::Empty,
+        x_cache: None,
+    })
 }
 
 /// Shorthand for an [`OciError`].
@@ -56,20 +80,24 @@ pub(super) fn oci(status: StatusCode, code: ErrorCode, message: &str) -> OciErro
 /// Adds the headers every answer on a `/v2` path carries: the API version (replacing an upstream
 /// copy), `OCI-Namespace` when `ns` was accepted, and `X-Cache` for manifests and blobs.
 pub(super) fn decorate(resp: &mut Response, namespace: Option<&str>, x_cache: Option<XCache>) {
-    resp.headers.insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp.headers
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
     if let Some(ns) = namespace.and_then(|n| HeaderValue::from_str(n).ok()) {
         resp.headers.insert(OCI_NAMESPACE, ns);
     }
     if let Some(x) = x_cache {
-        resp.headers.insert(X_CACHE, HeaderValue::from_static(x.as_str()));
+        resp.headers
+            .insert(X_CACHE, HeaderValue::from_static(x.as_str()));
         resp.x_cache = Some(x);
     }
 }
 
 /// Marks a credential-dependent answer (401s, tokens): never stored by shared caches.
 pub(super) fn mark_private(resp: &mut Response) {
-    resp.headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp.headers.append(header::VARY, HeaderValue::from_static("Authorization"));
+    resp.headers
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers
+        .append(header::VARY, HeaderValue::from_static("Authorization"));
 }
 
 /// The first value of a header as text.
@@ -87,7 +115,9 @@ pub(super) fn forwarded_param<'a>(headers: &'a HeaderMap, name: &str) -> Option<
     let v = header_str(headers, "forwarded")?;
     first_element(v).split(';').find_map(|kv| {
         let (k, val) = kv.split_once('=')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| val.trim().trim_matches('"'))
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| val.trim().trim_matches('"'))
     })
 }
 
@@ -117,12 +147,15 @@ pub(super) fn public_base(config: &Config, req: &RequestHead, routed: &Routed) -
             if !trusted {
                 return None;
             }
-            header_str(&req.headers, "x-forwarded-port").and_then(|p| first_element(p).parse::<u16>().ok())
+            header_str(&req.headers, "x-forwarded-port")
+                .and_then(|p| first_element(p).parse::<u16>().ok())
         })
         .or(routed.port)
         .filter(|p| *p != 0);
     match port {
-        Some(p) if p != scheme.default_port() => format!("{}://{}:{p}", scheme.as_str(), routed.public_host),
+        Some(p) if p != scheme.default_port() => {
+            format!("{}://{}:{p}", scheme.as_str(), routed.public_host)
+        }
         _ => format!("{}://{}", scheme.as_str(), routed.public_host),
     }
 }
@@ -157,10 +190,10 @@ pub(super) fn rewrite_location(
         return abs.to_string();
     }
     let mut path = abs.path().to_owned();
-    if let Some(p) = prefix {
-        if let Some(rest) = path.strip_prefix("/v2/") {
-            path = format!("/v2/{p}/{rest}");
-        }
+    if let Some(p) = prefix
+        && let Some(rest) = path.strip_prefix("/v2/")
+    {
+        path = format!("/v2/{p}/{rest}");
     }
     let query = abs.query().map(|q| format!("?{q}")).unwrap_or_default();
     if is_relative && prefix.is_none() {

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use dockerproxy_core::config::{Config, Origin};
 use dockerproxy_core::exchange::{
-    Action, BodyPlan, CacheResult, LocalEndpoint, ManifestEntry, RequestHead, Response, UpstreamError, UpstreamHead,
-    UpstreamRequest,
+    Action, BodyPlan, CacheResult, LocalEndpoint, ManifestEntry, RequestHead, Response,
+    UpstreamError, UpstreamHead, UpstreamRequest,
 };
 use dockerproxy_core::{Exchange, Timestamp};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -24,7 +24,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(status: u16) -> Self {
-        Self { status, headers: Vec::new(), body: Bytes::new() }
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
     }
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, value.into()));
@@ -35,7 +39,8 @@ impl Reply {
         self
     }
     pub fn json(self, body: &str) -> Self {
-        self.header("content-type", "application/json").body(Bytes::from(body.to_owned()))
+        self.header("content-type", "application/json")
+            .body(Bytes::from(body.to_owned()))
     }
 }
 
@@ -52,15 +57,28 @@ pub struct Transcript {
 
 impl Transcript {
     pub fn status(&self) -> u16 {
-        self.response.as_ref().map(|r| r.status.as_u16()).unwrap_or(0)
+        self.response
+            .as_ref()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0)
     }
     pub fn header(&self, name: &str) -> Option<String> {
-        self.response.as_ref()?.headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+        self.response
+            .as_ref()?
+            .headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
     }
     pub fn headers_all(&self, name: &str) -> Vec<String> {
         self.response
             .as_ref()
-            .map(|r| r.headers.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect())
+            .map(|r| {
+                r.headers
+                    .get_all(name)
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     }
     pub fn body_str(&self) -> String {
@@ -70,7 +88,10 @@ impl Transcript {
         serde_json::from_slice(&self.body).unwrap()
     }
     pub fn error_code(&self) -> String {
-        self.json()["errors"][0]["code"].as_str().unwrap().to_owned()
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     }
 }
 
@@ -103,9 +124,18 @@ pub fn request(method: Method, host: &str, target: &str, headers: &[(&str, &str)
     let mut h = HeaderMap::new();
     h.insert(http::header::HOST, HeaderValue::from_str(host).unwrap());
     for (k, v) in headers {
-        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
-    RequestHead { method, target: target.to_owned(), headers: h, peer: Some("127.0.0.1".parse().unwrap()), tls: false }
+    RequestHead {
+        method,
+        target: target.to_owned(),
+        headers: h,
+        peer: Some("127.0.0.1".parse().unwrap()),
+        tls: false,
+    }
 }
 
 /// GET shorthand.
@@ -123,7 +153,14 @@ pub fn drive_with(
 ) -> Transcript {
     let config = Arc::new(config.clone());
     let mut ex = Exchange::new(config, head, NOW);
-    let mut t = Transcript { sent: Vec::new(), response: None, body: Bytes::new(), local: None, stored: Vec::new(), lookups: 0 };
+    let mut t = Transcript {
+        sent: Vec::new(),
+        response: None,
+        body: Bytes::new(),
+        local: None,
+        stored: Vec::new(),
+        lookups: 0,
+    };
     let mut current_body = Bytes::new();
     for _ in 0..100 {
         match ex.poll_action(NOW) {
@@ -134,10 +171,19 @@ pub fn drive_with(
                     Ok(r) => {
                         let mut headers = HeaderMap::new();
                         for (k, v) in r.headers {
-                            headers.append(HeaderName::from_static(k), HeaderValue::from_str(&v).unwrap());
+                            headers.append(
+                                HeaderName::from_static(k),
+                                HeaderValue::from_str(&v).unwrap(),
+                            );
                         }
                         current_body = r.body;
-                        ex.handle_upstream_head(UpstreamHead { status: StatusCode::from_u16(r.status).unwrap(), headers }, NOW);
+                        ex.handle_upstream_head(
+                            UpstreamHead {
+                                status: StatusCode::from_u16(r.status).unwrap(),
+                                headers,
+                            },
+                            NOW,
+                        );
                     }
                     Err(e) => ex.handle_upstream_error(e, NOW),
                 }
@@ -193,7 +239,11 @@ pub fn no_upstream(req: &UpstreamRequest) -> Result<Reply, UpstreamError> {
 
 /// Header values of an upstream request.
 pub fn sent_header(req: &UpstreamRequest, name: &str) -> Vec<String> {
-    req.headers.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+    req.headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
 }
 
 /// sha256 digest string of bytes.
