@@ -304,6 +304,10 @@ pub struct Config {
     /// Exact `host:port` pairs a registry may dial although the address policy denies them
     /// (SECURITY.md §2.9), e.g. a loopback test upstream.
     pub address_exceptions: Vec<AddressException>,
+    /// Key for the proxy's own tokens (`/v2/auth` answers on credentialed routes) and for keyed
+    /// hashes of client credentials. The loader leaves it zero; wrappers set a random key at
+    /// start (a forged proxy token grants nothing an anonymous client does not already get).
+    pub secret_key: [u8; 32],
 }
 
 /// One exact outbound address exception (SECURITY.md §2.9): never a wildcard or a range.

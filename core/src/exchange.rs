@@ -207,6 +207,20 @@ pub enum Action {
     /// Store a verified manifest (by digest, and the tag mapping when `tag` is set). No answer is
     /// expected; a failure to store is the wrapper's to log.
     CacheStore(ManifestEntry),
+    /// Look up the shared token cache (the proxy's own upstream tokens, COMPAT.md §4.3); answer
+    /// with `handle_token_lookup`. The wrapper resolves [`crate::token::TokenLookup::Wait`]
+    /// itself (waits for the other fetch, then looks up again) and passes only `Hit` or `Fetch`.
+    TokenLookup(crate::token::TokenKey),
+    /// End of a fetch the exchange was granted by `Fetch`: store the token (`Some`) or release
+    /// the key (`None`). No answer is expected.
+    TokenStore {
+        /// The key.
+        key: crate::token::TokenKey,
+        /// The token, or `None` when the fetch failed.
+        token: Option<crate::token::Token>,
+    },
+    /// Drop a cached token that the registry refused. No answer is expected.
+    TokenInvalidate(crate::token::TokenKey),
     /// Read the client's request body (the `/v2/auth` POST form), at most `limit` bytes; answer with
     /// `handle_client_body` (`None` when it was larger or could not be read).
     ReadClientBody {
@@ -222,6 +236,7 @@ pub enum Action {
 }
 
 mod auth;
+mod credentials;
 mod forward;
 mod machine;
 mod respond;

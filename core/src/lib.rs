@@ -35,6 +35,7 @@ pub mod duration;
 pub mod exchange;
 pub mod headers;
 pub mod oci_error;
+pub mod proxy_token;
 pub mod range;
 pub mod redirect;
 pub mod reference;

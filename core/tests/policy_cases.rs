@@ -1,15 +1,13 @@
 //! COMPAT.md §9 cases decided by the pure policies: header forwarding (`headers`), redirects
-//! (`redirect`) and the Accept class (`cache_policy`). Configurations are built as literals so
-//! these tests do not depend on the loader.
+//! (`redirect`) and the Accept class (`cache_policy`). The registries are built as literals; the
+//! rest of the configuration comes from the loader's defaults.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use dockerproxy_core::Config;
 use dockerproxy_core::cache_policy::{accept_class, accepts};
-use dockerproxy_core::config::{
-    CacheSettings, Exposure, Flavour, Limits, Origin, RedirectMode, Registry,
-};
+use dockerproxy_core::config::{CacheSettings, Flavour, Origin, RedirectMode, Registry};
 use dockerproxy_core::headers::{forward_request_headers, redirect_hop_headers};
 use dockerproxy_core::redirect::{RedirectDecision, decide, is_blocked_host, realm_allowed};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -83,22 +81,10 @@ fn config() -> Config {
             max_size: 0,
             max_stale: Duration::from_secs(86_400),
         },
-        stats: Exposure::Main,
-        metrics: Exposure::Main,
-        limits: Limits::default(),
-        debug: false,
-        port: 5000,
-        user_agent: "dockerproxy".to_owned(),
-        dns_enabled: false,
-        dns_servers: Vec::new(),
-        dns_timeout: Duration::from_secs(5),
-        listen: Vec::new(),
-        tls_cert: None,
-        tls_key: None,
-        http2: true,
-        ca_bundle: None,
-        json_logs: false,
-        address_exceptions: Vec::new(),
+        // Every other field from the loader's defaults, so new fields need no edit here.
+        ..dockerproxy_core::config::load(&BTreeMap::<String, String>::new(), None)
+            .unwrap()
+            .0
     }
 }
 

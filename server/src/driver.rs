@@ -22,6 +22,7 @@ use dockerproxy_core::exchange::{
     Action, BodyPlan, Purpose, RequestHead, Response as CoreResponse, UpstreamError, UpstreamHead,
 };
 use dockerproxy_core::oci_error::{ErrorCode, OciError};
+use dockerproxy_core::token::TokenLookup;
 use dockerproxy_core::verifier::Verifier;
 use dockerproxy_core::Exchange;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
@@ -31,6 +32,7 @@ use crate::body::{ResponseBody, UpstreamStream};
 use crate::logging::{RequestLog, path_only};
 use crate::metrics::Source;
 use crate::state::{self, ServerState};
+use crate::tokens::FetchGrant;
 use crate::upstream;
 
 /// More actions than this for one request means a bug in the state machine: answer 500.
@@ -53,6 +55,8 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Optio
     let method = head.method.clone();
     let mut client_body = Some(client_body);
     let mut current: Option<Current> = None;
+    // A token fetch this exchange was granted; released if the request dies before storing it.
+    let mut grant: Option<FetchGrant> = None;
     let mut ex = Exchange::new(state.config.clone(), head, state::now());
 
     for _ in 0..MAX_ACTIONS {
@@ -108,6 +112,20 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Optio
                 ex.handle_cache_result(result, state::now());
             }
             Action::CacheStore(entry) => state.store.store_manifest(entry),
+            Action::TokenLookup(key) => {
+                let lookup = state.tokens.lookup(&key).await;
+                if lookup == TokenLookup::Fetch {
+                    grant = Some(FetchGrant::new(state.tokens.clone(), key));
+                }
+                ex.handle_token_lookup(lookup, state::now());
+            }
+            Action::TokenStore { key, token } => {
+                if let Some(g) = grant.take_if(|g| g.is_for(&key)) {
+                    g.settle();
+                }
+                state.tokens.store(key, token);
+            }
+            Action::TokenInvalidate(key) => state.tokens.invalidate(&key),
             Action::ReadClientBody { limit } => {
                 let body = match client_body.take() {
                     Some(b) => {
@@ -124,7 +142,7 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Optio
             }
             Action::Respond(resp) => {
                 let response = respond(&state, &method, resp, current.take(), log).await;
-                drain_after_respond(&state, &mut ex);
+                drain_after_respond(&state, &mut ex, &mut grant);
                 return response;
             }
             Action::Done => break,
@@ -138,11 +156,18 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Optio
 
 /// After `Respond` the exchange normally says `Done` (a `CacheStore` may come first); anything
 /// else is logged and dropped.
-fn drain_after_respond(state: &ServerState, ex: &mut Exchange) {
+fn drain_after_respond(state: &ServerState, ex: &mut Exchange, grant: &mut Option<FetchGrant>) {
     for _ in 0..8 {
         match ex.poll_action(state::now()) {
             Action::Done => return,
             Action::CacheStore(entry) => state.store.store_manifest(entry),
+            Action::TokenStore { key, token } => {
+                if let Some(g) = grant.take_if(|g| g.is_for(&key)) {
+                    g.settle();
+                }
+                state.tokens.store(key, token);
+            }
+            Action::TokenInvalidate(key) => state.tokens.invalidate(&key),
             other => tracing::debug!(action = ?std::mem::discriminant(&other), "action after Respond ignored"),
         }
     }

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod body;
+pub mod connect;
 pub mod driver;
 pub mod healthcheck;
 pub mod listener;
@@ -34,6 +35,7 @@ pub mod stall;
 pub mod state;
 pub mod store;
 pub mod tls;
+pub mod tokens;
 pub mod upstream;
 
 use std::future::Future;

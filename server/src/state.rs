@@ -13,9 +13,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dockerproxy_core::{Config, Timestamp};
 
+use crate::connect::GuardedConnector;
 use crate::metrics::Metrics;
 use crate::store::{NoopStore, Store};
 use crate::tls::{self, TlsError};
+use crate::tokens::Tokens;
 use crate::upstream::UpstreamClient;
 
 /// Server settings: the listener-side values of [`Config`] as paths and flags, plus the limits
@@ -106,6 +108,8 @@ pub struct ServerState {
     pub store: Arc<dyn Store>,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// The shared upstream token cache.
+    pub tokens: Arc<Tokens>,
     /// Server-side TLS, when configured.
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     started: Instant,
@@ -127,13 +131,17 @@ impl ServerState {
             Some((cert, key)) => Some(tls::acceptor(cert, key, options.http2)?),
             None => None,
         };
-        let client = UpstreamClient::new(client_tls, &config.limits);
+        if config.dns_enabled {
+            tracing::warn!("DNS_ENABLED is not supported yet: the system resolver is used");
+        }
+        let client = UpstreamClient::new(client_tls, &config.limits, GuardedConnector::new(&config));
         Ok(Self {
             config: Arc::new(config),
             options,
             client,
             store: Arc::new(NoopStore),
             metrics: Metrics::default(),
+            tokens: Arc::new(Tokens::default()),
             tls_acceptor,
             started: Instant::now(),
             draining: AtomicBool::new(false),

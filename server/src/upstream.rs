@@ -8,9 +8,8 @@
 //!
 //! The client never follows redirects and never decompresses: the core decides both.
 //!
-//! TODO(ssrf): SECURITY.md §2.9 wants the address policy applied to the address actually dialled.
-//! The seam is the resolver of the `HttpConnector` (`HttpConnector::new_with_resolver`): a
-//! resolver that filters the addresses `GaiResolver` returns through the policy function.
+//! Dialling goes through [`GuardedConnector`], which applies the outbound address policy to the
+//! addresses actually dialled (SECURITY.md §2.9); a refusal surfaces as [`UpstreamError::Denied`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,10 +25,11 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower_service::Service;
+
+use crate::connect::{AddressDenied, GuardedConnector};
 
 /// A boxed, thread-safe error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -55,18 +55,15 @@ impl core::fmt::Debug for UpstreamClient {
 }
 
 impl UpstreamClient {
-    /// Builds the client from a rustls configuration (roots already loaded) and the limits.
-    pub fn new(tls: rustls::ClientConfig, limits: &Limits) -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(limits.connect_timeout));
+    /// Builds the client from a rustls configuration (roots already loaded), the limits and the
+    /// dialler.
+    pub fn new(tls: rustls::ClientConfig, limits: &Limits, dialler: GuardedConnector) -> Self {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()
-            .wrap_connector(http);
+            .wrap_connector(dialler);
         let connector = TimeoutConnector { inner: https, timeout: limits.connect_timeout };
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -150,6 +147,9 @@ pub async fn read_to_limit(
 fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
+        if s.is::<AddressDenied>() {
+            return UpstreamError::Denied;
+        }
         if s.is::<ConnectTimeout>() {
             return UpstreamError::Timeout;
         }
@@ -176,7 +176,7 @@ impl std::error::Error for ConnectTimeout {}
 /// Wraps the HTTPS connector so DNS + TCP + TLS share one deadline.
 #[derive(Clone)]
 struct TimeoutConnector {
-    inner: HttpsConnector<HttpConnector>,
+    inner: HttpsConnector<GuardedConnector>,
     timeout: Duration,
 }
 
@@ -221,8 +221,9 @@ mod tests {
         }
     }
 
-    fn client(limits: &Limits) -> UpstreamClient {
-        UpstreamClient::new(crate::tls::client_config(None).unwrap(), limits)
+    fn client(limits: &Limits, port: u16) -> UpstreamClient {
+        let dialler = GuardedConnector::with_exceptions(vec![("127.0.0.1".into(), port)], limits.connect_timeout);
+        UpstreamClient::new(crate::tls::client_config(None).unwrap(), limits, dialler)
     }
 
     #[tokio::test]
@@ -231,9 +232,16 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        let c = client(&Limits::default());
+        let c = client(&Limits::default(), port);
         let err = c.send(request(&format!("http://127.0.0.1:{port}/v2/")), &mut None).await.unwrap_err();
         assert_eq!(err, UpstreamError::Unreachable);
+    }
+
+    #[tokio::test]
+    async fn loopback_without_exception_is_denied() {
+        let c = client(&Limits::default(), 1);
+        let err = c.send(request("http://127.0.0.1:2/v2/"), &mut None).await.unwrap_err();
+        assert_eq!(err, UpstreamError::Denied);
     }
 
     #[tokio::test]
@@ -246,7 +254,7 @@ mod tests {
             drop(s);
         });
         let limits = Limits { header_timeout: Duration::from_millis(200), ..Limits::default() };
-        let c = client(&limits);
+        let c = client(&limits, port);
         let t0 = std::time::Instant::now();
         let err = c.send(request(&format!("http://127.0.0.1:{port}/v2/")), &mut None).await.unwrap_err();
         assert_eq!(err, UpstreamError::Timeout);

@@ -171,8 +171,14 @@ impl Seeded {
 
     /// The manifest pushed under `repo:tag`, if any.
     pub fn manifest(&self, repo: &str, tag: &str) -> Option<&Blob> {
-        let image = self.images().into_iter().find(|i| i.repo == repo && i.tag == tag);
-        let index = self.indexes().into_iter().find(|i| i.repo == repo && i.tag == tag);
+        let image = self
+            .images()
+            .into_iter()
+            .find(|i| i.repo == repo && i.tag == tag);
+        let index = self
+            .indexes()
+            .into_iter()
+            .find(|i| i.repo == repo && i.tag == tag);
         image.map(|i| &i.manifest).or(index.map(|i| &i.manifest))
     }
 
@@ -262,7 +268,13 @@ pub fn build_tar(mut entries: Vec<Entry>) -> FixtureResult<Vec<u8>> {
     entries.sort_by_key(path_of);
     let total: usize = entries
         .iter()
-        .map(|e| if let Entry::File(_, _, d) = e { d.len() + 1024 } else { 512 })
+        .map(|e| {
+            if let Entry::File(_, _, d) = e {
+                d.len() + 1024
+            } else {
+                512
+            }
+        })
         .sum();
     let mut builder = tar::Builder::new(Vec::with_capacity(total + 2048));
     for entry in &entries {
@@ -270,8 +282,12 @@ pub fn build_tar(mut entries: Vec<Entry>) -> FixtureResult<Vec<u8>> {
         header.set_mtime(MTIME);
         header.set_uid(0);
         header.set_gid(0);
-        header.set_username("root").map_err(|e| unexpected(e.to_string()))?;
-        header.set_groupname("root").map_err(|e| unexpected(e.to_string()))?;
+        header
+            .set_username("root")
+            .map_err(|e| unexpected(e.to_string()))?;
+        header
+            .set_groupname("root")
+            .map_err(|e| unexpected(e.to_string()))?;
         match entry {
             Entry::Dir(path) => {
                 header.set_entry_type(tar::EntryType::Directory);
@@ -316,7 +332,11 @@ fn busybox_bin_entries() -> Vec<Entry> {
         Entry::Dir("bin".into()),
         Entry::File("bin/busybox".into(), 0o755, Prng::new(1).bytes(64 * 1024)),
         Entry::Dir("etc".into()),
-        Entry::File("etc/passwd".into(), 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec()),
+        Entry::File(
+            "etc/passwd".into(),
+            0o644,
+            b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+        ),
         Entry::File("etc/group".into(), 0o644, b"root:x:0:\n".to_vec()),
     ];
     for applet in ["sh", "ls", "cat", "echo"] {
@@ -328,7 +348,11 @@ fn busybox_bin_entries() -> Vec<Entry> {
 fn text_layer(media_type: &str, path: &str, text: &str) -> FixtureResult<(Blob, String)> {
     let dir = path.rsplit_once('/').map(|(d, _)| d.to_owned());
     let mut entries: Vec<Entry> = dir.into_iter().map(Entry::Dir).collect();
-    entries.push(Entry::File(path.to_owned(), 0o644, text.as_bytes().to_vec()));
+    entries.push(Entry::File(
+        path.to_owned(),
+        0o644,
+        text.as_bytes().to_vec(),
+    ));
     gz_layer(media_type, entries)
 }
 
@@ -397,7 +421,11 @@ fn index(repo: &str, tag: &str, flavour: Flavour) -> FixtureResult<Index> {
         gz_layer(layer_type, busybox_bin_entries())?,
         text_layer(layer_type, "etc/motd", &format!("{repo} amd64\n"))?,
     ];
-    let arm64_layers = vec![text_layer(layer_type, "etc/arch", &format!("{repo} fake arm64 layer\n"))?];
+    let arm64_layers = vec![text_layer(
+        layer_type,
+        "etc/arch",
+        &format!("{repo} fake arm64 layer\n"),
+    )?];
     let children = vec![
         image(repo, "", flavour, "amd64", amd64_layers)?,
         image(repo, "", flavour, "arm64", arm64_layers)?,
@@ -426,7 +454,10 @@ fn index(repo: &str, tag: &str, flavour: Flavour) -> FixtureResult<Index> {
 
 fn artifact() -> FixtureResult<Image> {
     let config = Blob::new(OCI_EMPTY, &b"{}"[..]);
-    let layer = Blob::new("application/octet-stream", &b"hello from an OCI artifact\n"[..]);
+    let layer = Blob::new(
+        "application/octet-stream",
+        &b"hello from an OCI artifact\n"[..],
+    );
     let mut config_desc = config.descriptor();
     config_desc["data"] = json!("e30=");
     let mut layer_desc = layer.descriptor();
@@ -455,7 +486,13 @@ fn big(size: usize) -> FixtureResult<Image> {
     ])?;
     let layer = Blob::new(OCI_LAYER_TAR, tar);
     let diff_id = layer.digest.clone();
-    image("library/big", "latest", Flavour::Oci, "amd64", vec![(layer, diff_id)])
+    image(
+        "library/big",
+        "latest",
+        Flavour::Oci,
+        "amd64",
+        vec![(layer, diff_id)],
+    )
 }
 
 /// Builds the whole image set with a big layer of `big_layer_size` payload bytes.
@@ -466,21 +503,30 @@ pub fn build(big_layer_size: usize) -> FixtureResult<Seeded> {
         "latest",
         Flavour::Oci,
         "amd64",
-        vec![busybox_bin.clone(), text_layer(OCI_LAYER_GZIP, "etc/motd", "busybox latest\n")?],
+        vec![
+            busybox_bin.clone(),
+            text_layer(OCI_LAYER_GZIP, "etc/motd", "busybox latest\n")?,
+        ],
     )?;
     let busybox_136 = image(
         "library/busybox",
         "1.36",
         Flavour::Oci,
         "amd64",
-        vec![busybox_bin.clone(), text_layer(OCI_LAYER_GZIP, "etc/motd", "busybox 1.36\n")?],
+        vec![
+            busybox_bin.clone(),
+            text_layer(OCI_LAYER_GZIP, "etc/motd", "busybox 1.36\n")?,
+        ],
     )?;
     let app = image(
         "myorg/team/app",
         "1.0",
         Flavour::Oci,
         "amd64",
-        vec![busybox_bin, text_layer(OCI_LAYER_GZIP, "app/hello.txt", "hello from app 1.0\n")?],
+        vec![
+            busybox_bin,
+            text_layer(OCI_LAYER_GZIP, "app/hello.txt", "hello from app 1.0\n")?,
+        ],
     )?;
     let dockerv2 = image(
         "library/dockerv2",
@@ -516,7 +562,9 @@ pub fn build(big_layer_size: usize) -> FixtureResult<Seeded> {
 pub fn build_cached(big_layer_size: usize) -> FixtureResult<Seeded> {
     static CACHE: OnceLock<Mutex<Vec<(usize, Seeded)>>> = OnceLock::new();
     let cache = CACHE.get_or_init(|| Mutex::new(Vec::new()));
-    let mut cache = cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some((_, seeded)) = cache.iter().find(|(size, _)| *size == big_layer_size) {
         return Ok(seeded.clone());
     }
@@ -558,10 +606,23 @@ mod tests {
         assert_eq!(a.big.layers[0].media_type, OCI_LAYER_TAR);
         // Index platforms.
         let idx: Value = serde_json::from_slice(&a.multi.manifest.data).expect("json");
-        assert_eq!(idx["manifests"][1]["platform"]["architecture"], json!("arm64"));
-        assert_eq!(idx["manifests"][0]["digest"], json!(a.multi.children[0].manifest.digest));
-        assert_eq!(a.blob(&a.dockerlist.children[1].config.digest).map(|b| b.media_type.as_str()), Some(DOCKER_CONFIG));
-        assert_eq!(a.manifest("library/artifact", "v1").map(|b| &b.digest), Some(&a.artifact.manifest.digest));
+        assert_eq!(
+            idx["manifests"][1]["platform"]["architecture"],
+            json!("arm64")
+        );
+        assert_eq!(
+            idx["manifests"][0]["digest"],
+            json!(a.multi.children[0].manifest.digest)
+        );
+        assert_eq!(
+            a.blob(&a.dockerlist.children[1].config.digest)
+                .map(|b| b.media_type.as_str()),
+            Some(DOCKER_CONFIG)
+        );
+        assert_eq!(
+            a.manifest("library/artifact", "v1").map(|b| &b.digest),
+            Some(&a.artifact.manifest.digest)
+        );
     }
 
     #[test]

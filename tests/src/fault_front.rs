@@ -11,6 +11,7 @@
 //! Typical set-ups: [`FaultFront::cdn`] (a), [`FaultFront::redirecting_blobs`] (b),
 //! [`FaultFront::forward`] plus [`FaultFront::add_rule`] (c).
 
+use std::future::Future as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -232,7 +233,10 @@ impl FaultFront {
 
     /// A transparent forwarding front for `upstream` (`http://127.0.0.1:PORT`); add rules to it.
     pub fn forward(upstream: &str) -> FixtureResult<Self> {
-        Self::start(Source::Forward(upstream.trim_end_matches('/').to_owned()), false)
+        Self::start(
+            Source::Forward(upstream.trim_end_matches('/').to_owned()),
+            false,
+        )
     }
 
     /// A "CDN" serving blobs from a storage root; any request with `Authorization` gets 400.
@@ -286,7 +290,9 @@ impl FaultFront {
     pub fn count(&self, method: &str, path: &str) -> usize {
         lock(&self.state.requests)
             .iter()
-            .filter(|r| r.method == method && (r.path == path || r.path.split('?').next() == Some(path)))
+            .filter(|r| {
+                r.method == method && (r.path == path || r.path.split('?').next() == Some(path))
+            })
             .count()
     }
 }
@@ -316,17 +322,23 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<RespBody> {
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
 
-    let action = if state.reject_authorization && req.headers().contains_key(http::header::AUTHORIZATION) {
-        Some(Action::Status {
-            status: 400,
-            headers: Vec::new(),
-        })
-    } else {
-        take_rule(state, &method, &path)
-    };
+    let action =
+        if state.reject_authorization && req.headers().contains_key(http::header::AUTHORIZATION) {
+            Some(Action::Status {
+                status: 400,
+                headers: Vec::new(),
+            })
+        } else {
+            take_rule(state, &method, &path)
+        };
     let mut cut = None;
     let resp = match action {
         Some(Action::Status { status, headers }) => {
@@ -370,7 +382,15 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<RespBody> {
         status: resp.status().as_u16(),
     });
     match cut {
-        Some(limit) => resp.map(|body| CutBody { inner: body, remaining: limit, done: false }.boxed()),
+        Some(limit) => resp.map(|body| {
+            CutBody {
+                inner: body,
+                remaining: limit,
+                done: false,
+                grace: None,
+            }
+            .boxed()
+        }),
         None => resp,
     }
 }
@@ -378,7 +398,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<RespBody> {
 fn take_rule(state: &State, method: &str, path: &str) -> Option<Action> {
     let mut rules = lock(&state.rules);
     let rule = rules.iter_mut().find(|r| {
-        r.method.as_deref().is_none_or(|m| m == method) && r.path.matches(path) && r.times != Some(0)
+        r.method.as_deref().is_none_or(|m| m == method)
+            && r.path.matches(path)
+            && r.times != Some(0)
     })?;
     if let Some(times) = rule.times.as_mut() {
         *times -= 1;
@@ -424,21 +446,33 @@ async fn forward(state: &State, base: &str, req: Request<Incoming>) -> Response<
 }
 
 /// Passes `remaining` body bytes through, then fails, which makes hyper abort the connection.
+/// The failure waits a moment first: hyper drops unflushed bytes when a body fails, and the
+/// client must receive exactly the bytes before the cut.
 struct CutBody {
     inner: RespBody,
     remaining: u64,
     done: bool,
+    grace: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Body for CutBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.done {
             return Poll::Ready(None);
         }
         if self.remaining == 0 {
+            let grace = self
+                .grace
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            if grace.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
             self.done = true;
             return Poll::Ready(Some(Err("connection cut by the fault front".into())));
         }

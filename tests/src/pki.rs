@@ -86,7 +86,9 @@ impl Pki {
         server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         server_params.use_authority_key_identifier_extension = true;
         set_validity(&mut server_params);
-        let server = server_params.signed_by(&server_key, &ca, &ca_key).map_err(rc)?;
+        let server = server_params
+            .signed_by(&server_key, &ca, &ca_key)
+            .map_err(rc)?;
 
         let signer_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(rc)?;
         let mut signer_params = CertificateParams::new(Vec::<String>::new()).map_err(rc)?;
@@ -171,7 +173,13 @@ mod tests {
     fn generates_all_files() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let pki = Pki::generate(tmp.path()).expect("pki");
-        for path in [&pki.ca_cert, &pki.server_cert, &pki.server_key, &pki.signer_key, &pki.bundle] {
+        for path in [
+            &pki.ca_cert,
+            &pki.server_cert,
+            &pki.server_key,
+            &pki.signer_key,
+            &pki.bundle,
+        ] {
             let text = std::fs::read_to_string(path).expect("read");
             assert!(text.starts_with("-----BEGIN "), "{}", path.display());
         }

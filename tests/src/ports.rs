@@ -19,7 +19,9 @@ pub fn free_port() -> u16 {
 /// When no loopback port can be bound at all.
 pub fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr of a bound listener")
+    listener
+        .local_addr()
+        .expect("local_addr of a bound listener")
 }
 
 #[cfg(test)]

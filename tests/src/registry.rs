@@ -84,7 +84,11 @@ impl Registry {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()?;
-        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let mut registry = Self {
             child,
             addr,
@@ -111,10 +115,10 @@ impl Registry {
                     self.log()
                 )));
             }
-            if let Ok(resp) = client.get(&url).send().await {
-                if matches!(resp.status().as_u16(), 200 | 401) {
-                    return Ok(());
-                }
+            if let Ok(resp) = client.get(&url).send().await
+                && matches!(resp.status().as_u16(), 200 | 401)
+            {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 return Err(unexpected(format!(
@@ -189,7 +193,13 @@ impl Registry {
     /// Waits (up to `timeout`) until the access log holds at least `n` entries with this method
     /// and path; the log line is written just after the response, so poll briefly. Returns the
     /// final count.
-    pub async fn wait_for_count(&self, method: &str, path: &str, n: usize, timeout: Duration) -> usize {
+    pub async fn wait_for_count(
+        &self,
+        method: &str,
+        path: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> usize {
         let deadline = Instant::now() + timeout;
         loop {
             let count = self.count(method, path);
@@ -229,7 +239,10 @@ pub fn write_htpasswd(path: &Path) -> FixtureResult<()> {
     for (user, password) in USERS {
         let parts = bcrypt::hash_with_result(password, 4)
             .map_err(|e| unexpected(format!("bcrypt: {e}")))?;
-        text.push_str(&format!("{user}:{}\n", parts.format_for_version(bcrypt::Version::TwoY)));
+        text.push_str(&format!(
+            "{user}:{}\n",
+            parts.format_for_version(bcrypt::Version::TwoY)
+        ));
     }
     std::fs::write(path, text)?;
     Ok(())

@@ -117,7 +117,8 @@ impl Pusher {
                     .send()
                     .await?;
                 let status = resp.status();
-                let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await?).unwrap_or_default();
+                let body: serde_json::Value =
+                    serde_json::from_slice(&resp.bytes().await?).unwrap_or_default();
                 let token = body["token"]
                     .as_str()
                     .filter(|_| status == StatusCode::OK)
@@ -151,7 +152,11 @@ impl Pusher {
     /// Whether `repo` already has the blob.
     pub async fn has_blob(&mut self, repo: &str, digest: &str) -> FixtureResult<bool> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"))?;
-        let resp = self.request(reqwest::Method::HEAD, url, repo).await?.send().await?;
+        let resp = self
+            .request(reqwest::Method::HEAD, url, repo)
+            .await?
+            .send()
+            .await?;
         Ok(resp.status() == StatusCode::OK)
     }
 
@@ -161,9 +166,16 @@ impl Pusher {
             return Ok(());
         }
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/"))?;
-        let resp = self.request(reqwest::Method::POST, url, repo).await?.send().await?;
+        let resp = self
+            .request(reqwest::Method::POST, url, repo)
+            .await?
+            .send()
+            .await?;
         if resp.status() != StatusCode::ACCEPTED {
-            return Err(unexpected(format!("POST uploads {repo}: {}", resp.status())));
+            return Err(unexpected(format!(
+                "POST uploads {repo}: {}",
+                resp.status()
+            )));
         }
         let location = resp
             .headers()
@@ -171,7 +183,9 @@ impl Pusher {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| unexpected("upload POST without Location"))?;
         let mut put_url = self.url(location)?;
-        put_url.query_pairs_mut().append_pair("digest", &blob.digest);
+        put_url
+            .query_pairs_mut()
+            .append_pair("digest", &blob.digest);
         let resp = self
             .request(reqwest::Method::PUT, put_url, repo)
             .await?
@@ -182,13 +196,21 @@ impl Pusher {
         if resp.status() != StatusCode::CREATED {
             let status = resp.status();
             let text = resp.text().await.unwrap_or_default();
-            return Err(unexpected(format!("PUT blob {repo} {}: {status} {text}", blob.digest)));
+            return Err(unexpected(format!(
+                "PUT blob {repo} {}: {status} {text}",
+                blob.digest
+            )));
         }
         Ok(())
     }
 
     /// Puts a manifest under `reference` (a tag or its digest) and checks the returned digest.
-    pub async fn push_manifest(&mut self, repo: &str, reference: &str, manifest: &Blob) -> FixtureResult<()> {
+    pub async fn push_manifest(
+        &mut self,
+        repo: &str,
+        reference: &str,
+        manifest: &Blob,
+    ) -> FixtureResult<()> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"))?;
         let resp = self
             .request(reqwest::Method::PUT, url, repo)
@@ -205,7 +227,9 @@ impl Pusher {
             .map(str::to_owned);
         if status != StatusCode::CREATED {
             let text = resp.text().await.unwrap_or_default();
-            return Err(unexpected(format!("PUT manifest {repo}:{reference}: {status} {text}")));
+            return Err(unexpected(format!(
+                "PUT manifest {repo}:{reference}: {status} {text}"
+            )));
         }
         if digest.as_deref() != Some(manifest.digest.as_str()) {
             return Err(unexpected(format!(
@@ -226,7 +250,8 @@ impl Pusher {
         } else {
             image.tag.as_str()
         };
-        self.push_manifest(&image.repo, reference, &image.manifest).await
+        self.push_manifest(&image.repo, reference, &image.manifest)
+            .await
     }
 
     /// Pushes every child of an index by digest, then the index by tag.
@@ -234,7 +259,8 @@ impl Pusher {
         for child in &index.children {
             self.push_image(child).await?;
         }
-        self.push_manifest(&index.repo, &index.tag, &index.manifest).await
+        self.push_manifest(&index.repo, &index.tag, &index.manifest)
+            .await
     }
 
     /// Pushes a whole image set.

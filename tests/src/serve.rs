@@ -106,7 +106,9 @@ async fn serve_connection(stream: tokio::net::TcpStream, handler: Handler) {
 
 /// A complete body from bytes.
 pub fn full(data: impl Into<Bytes>) -> RespBody {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body.
@@ -117,7 +119,8 @@ pub fn empty() -> RespBody {
 /// A response with a status, a content type and a complete body.
 pub fn respond(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<RespBody> {
     let mut resp = Response::new(full(body));
-    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *resp.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(http::header::CONTENT_TYPE, value);
     }

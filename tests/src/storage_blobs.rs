@@ -31,7 +31,10 @@ pub fn blob_path(storage: &Path, hex: &str) -> PathBuf {
 pub fn digest_hex_of_path(path: &str) -> Option<&str> {
     let last = path.rsplit('/').next()?;
     let hex = last.strip_prefix("sha256:")?;
-    let valid = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let valid = hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     valid.then_some(hex)
 }
 
@@ -98,7 +101,12 @@ pub fn interpret_range(header: Option<&str>, size: u64) -> RangeAnswer {
 }
 
 /// Answers a GET or HEAD for the blob named by `path` from `storage`, honouring `range`.
-pub async fn serve_blob(storage: &Path, path: &str, head: bool, range: Option<&str>) -> Response<RespBody> {
+pub async fn serve_blob(
+    storage: &Path,
+    path: &str,
+    head: bool,
+    range: Option<&str>,
+) -> Response<RespBody> {
     let Some(hex) = digest_hex_of_path(path) else {
         return respond(404, "text/plain", "not a blob path\n");
     };
@@ -133,7 +141,11 @@ pub async fn serve_blob(storage: &Path, path: &str, head: bool, range: Option<&s
     insert(&mut resp, "etag", &format!("\"sha256:{hex}\""));
     if status == 206 {
         let end = start + len - 1;
-        insert(&mut resp, "content-range", &format!("bytes {start}-{end}/{size}"));
+        insert(
+            &mut resp,
+            "content-range",
+            &format!("bytes {start}-{end}/{size}"),
+        );
     }
     resp
 }
@@ -153,7 +165,10 @@ fn stream_file(mut file: tokio::fs::File, len: u64) -> RespBody {
             let want = usize::try_from(remaining.min(256 * 1024)).unwrap_or(256 * 1024);
             let mut buf = vec![0u8; want];
             let item = match file.read(&mut buf).await {
-                Ok(0) => Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "blob shrank")),
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "blob shrank",
+                )),
                 Ok(n) => {
                     buf.truncate(n);
                     remaining -= n as u64;
@@ -180,7 +195,10 @@ impl Body for ChannelBody {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.rx.poll_recv(cx) {
             Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
@@ -202,9 +220,18 @@ mod tests {
     fn ranges() {
         use RangeAnswer::*;
         assert_eq!(interpret_range(None, 11), Full);
-        assert_eq!(interpret_range(Some("bytes=6-11"), 11), Partial { start: 6, end: 10 });
-        assert_eq!(interpret_range(Some("bytes=6-"), 11), Partial { start: 6, end: 10 });
-        assert_eq!(interpret_range(Some("bytes=-3"), 11), Partial { start: 8, end: 10 });
+        assert_eq!(
+            interpret_range(Some("bytes=6-11"), 11),
+            Partial { start: 6, end: 10 }
+        );
+        assert_eq!(
+            interpret_range(Some("bytes=6-"), 11),
+            Partial { start: 6, end: 10 }
+        );
+        assert_eq!(
+            interpret_range(Some("bytes=-3"), 11),
+            Partial { start: 8, end: 10 }
+        );
         assert_eq!(interpret_range(Some("bytes=11-"), 11), Unsatisfiable);
         assert_eq!(interpret_range(Some("bytes=0-1,4-5"), 11), Full);
         assert_eq!(interpret_range(Some("bytes=5-2"), 11), Full);
@@ -214,7 +241,10 @@ mod tests {
     #[test]
     fn digest_from_path() {
         let hex = "a".repeat(64);
-        assert_eq!(digest_hex_of_path(&format!("/v2/x/y/blobs/sha256:{hex}")), Some(hex.as_str()));
+        assert_eq!(
+            digest_hex_of_path(&format!("/v2/x/y/blobs/sha256:{hex}")),
+            Some(hex.as_str())
+        );
         assert_eq!(digest_hex_of_path("/v2/x/blobs/sha256:abc"), None);
         assert_eq!(digest_hex_of_path("/v2/x/manifests/latest"), None);
         assert!(blob_path(Path::new("/s"), &hex).ends_with(format!("aa/{hex}/data")));

@@ -89,7 +89,9 @@ impl TestBed {
 
     /// Like [`TestBed::start_with`], returning errors instead of panicking.
     pub async fn try_start_with(mode: Mode, options: SeedOptions) -> FixtureResult<Self> {
-        let tmp = tempfile::Builder::new().prefix("dockerproxy-testbed-").tempdir()?;
+        let tmp = tempfile::Builder::new()
+            .prefix("dockerproxy-testbed-")
+            .tempdir()?;
         let pki = Pki::generate(&tmp.path().join("pki"))?;
         let htpasswd = tmp.path().join("htpasswd");
         write_htpasswd(&htpasswd)?;
@@ -99,7 +101,14 @@ impl TestBed {
             None
         };
         let storage = tmp.path().join("storage");
-        let config = registry_config(&pki, &storage, &htpasswd, token_server.as_ref(), &tmp.path().join("registry-0"), mode)?;
+        let config = registry_config(
+            &pki,
+            &storage,
+            &htpasswd,
+            token_server.as_ref(),
+            &tmp.path().join("registry-0"),
+            mode,
+        )?;
         let registry = Registry::start(config).await?;
         let auth = match (mode, &token_server) {
             (Mode::Basic, _) => PushAuth::basic_alice(),
@@ -125,7 +134,14 @@ impl TestBed {
     pub async fn start_registry(&self, mode: Mode) -> FixtureResult<Registry> {
         let n = self.registries_started.fetch_add(1, Ordering::Relaxed);
         let work = self.tmp.path().join(format!("registry-{n}"));
-        let config = registry_config(&self.pki, &self.storage, &self.htpasswd, self.token_server.as_ref(), &work, mode)?;
+        let config = registry_config(
+            &self.pki,
+            &self.storage,
+            &self.htpasswd,
+            self.token_server.as_ref(),
+            &work,
+            mode,
+        )?;
         Registry::start(config).await
     }
 
@@ -165,7 +181,8 @@ fn registry_config(
             htpasswd: htpasswd.to_path_buf(),
         },
         Mode::Token | Mode::TlsToken => {
-            let ts = token_server.ok_or_else(|| unexpected(format!("{mode:?} needs a token server")))?;
+            let ts =
+                token_server.ok_or_else(|| unexpected(format!("{mode:?} needs a token server")))?;
             RegistryAuth::Token {
                 realm: ts.realm(),
                 bundle: pki.bundle.clone(),

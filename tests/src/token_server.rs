@@ -114,7 +114,9 @@ pub struct TokenServer {
 
 impl std::fmt::Debug for TokenServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenServer").field("addr", &self.server.addr()).finish()
+        f.debug_struct("TokenServer")
+            .field("addr", &self.server.addr())
+            .finish()
     }
 }
 
@@ -216,7 +218,9 @@ async fn handle(state: &State, req: Request<Incoming>) -> Response<RespBody> {
     } else {
         Vec::new()
     };
-    let basic = authorization.as_ref().and_then(|v| parse_basic(v.to_str().ok()?));
+    let basic = authorization
+        .as_ref()
+        .and_then(|v| parse_basic(v.to_str().ok()?));
     lock(&state.requests).push(TokenRequest {
         method: method.clone(),
         path_and_query,
@@ -263,7 +267,9 @@ fn handle_get(
         "expires_in": claims.exp.saturating_sub(claims.iat),
         "issued_at": rfc3339(claims.iat),
     });
-    let offline = query.iter().any(|(k, v)| k == "offline_token" && v == "true");
+    let offline = query
+        .iter()
+        .any(|(k, v)| k == "offline_token" && v == "true");
     if let (true, Some(user)) = (offline, user) {
         body["refresh_token"] = new_refresh_token(state, &user).into();
     }
@@ -271,7 +277,11 @@ fn handle_get(
 }
 
 fn handle_post(state: &State, form: &[(String, String)]) -> Response<RespBody> {
-    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let user = match field("grant_type") {
         Some("password") => {
             let (Some(user), Some(password)) = (field("username"), field("password")) else {
@@ -283,8 +293,8 @@ fn handle_post(state: &State, form: &[(String, String)]) -> Response<RespBody> {
             user.to_owned()
         }
         Some("refresh_token") => {
-            let known = field("refresh_token")
-                .and_then(|t| lock(&state.refresh_tokens).get(t).cloned());
+            let known =
+                field("refresh_token").and_then(|t| lock(&state.refresh_tokens).get(t).cloned());
             let Some(user) = known else {
                 return json_error(401, "invalid_grant", "unknown refresh token");
             };
@@ -293,7 +303,11 @@ fn handle_post(state: &State, form: &[(String, String)]) -> Response<RespBody> {
         _ => return json_error(400, "unsupported_grant_type", "unsupported grant_type"),
     };
     let scope = field("scope").unwrap_or("");
-    let scopes: Vec<String> = scope.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let scopes: Vec<String> = scope
+        .split(' ')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
     let claims = claims_for(state, Some(&user), &scopes);
     let token = match sign(state, &claims) {
         Ok(token) => token,
@@ -360,7 +374,10 @@ pub fn parse_scope(scope: &str) -> Option<(&str, &str, Vec<&str>)> {
     if first == last {
         return None;
     }
-    let actions = scope[last + 1..].split(',').filter(|a| !a.is_empty()).collect();
+    let actions = scope[last + 1..]
+        .split(',')
+        .filter(|a| !a.is_empty())
+        .collect();
     Some((&scope[..first], &scope[first + 1..last], actions))
 }
 
@@ -401,7 +418,9 @@ pub fn parse_basic(value: &str) -> Option<(String, String)> {
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
-    let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     let (user, password) = text.split_once(':')?;
     Some((user.to_owned(), password.to_owned()))
@@ -413,7 +432,11 @@ fn json_error(status: u16, error: &str, description: &str) -> Response<RespBody>
 }
 
 fn json_details(status: u16, details: &str) -> Response<RespBody> {
-    respond(status, "application/json", serde_json::json!({"details": details}).to_string())
+    respond(
+        status,
+        "application/json",
+        serde_json::json!({"details": details}).to_string(),
+    )
 }
 
 fn now_secs() -> u64 {
@@ -450,7 +473,8 @@ mod tests {
 
     #[test]
     fn scope_parsing_takes_name_between_first_and_last_colon() {
-        let (kind, name, actions) = parse_scope("repository:host:5000/a/b:pull,push").expect("scope");
+        let (kind, name, actions) =
+            parse_scope("repository:host:5000/a/b:pull,push").expect("scope");
         assert_eq!((kind, name), ("repository", "host:5000/a/b"));
         assert_eq!(actions, vec!["pull", "push"]);
         assert!(parse_scope("repository:pull").is_none());
@@ -458,7 +482,10 @@ mod tests {
 
     #[test]
     fn policy() {
-        assert_eq!(allowed_actions(None, "repository", "library/busybox"), &["pull"]);
+        assert_eq!(
+            allowed_actions(None, "repository", "library/busybox"),
+            &["pull"]
+        );
         assert!(allowed_actions(None, "repository", "private/secret").is_empty());
         assert!(allowed_actions(Some("bob"), "repository", "private/secret").is_empty());
         assert!(allowed_actions(Some("alice"), "repository", "private/secret").contains(&"pull"));

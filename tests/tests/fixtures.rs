@@ -39,7 +39,10 @@ async fn plain_registry_skopeo_pull_and_access_log() {
     let started = Instant::now();
     let bed = TestBed::start(Mode::Plain).await;
     let seeded_in = started.elapsed();
-    assert!(seeded_in < Duration::from_secs(10), "seeding took {seeded_in:?}");
+    assert!(
+        seeded_in < Duration::from_secs(10),
+        "seeding took {seeded_in:?}"
+    );
     eprintln!("test bed (100 MiB big layer) ready in {seeded_in:?}");
 
     let out_dir = bed.tmp.path().join("out");
@@ -47,7 +50,10 @@ async fn plain_registry_skopeo_pull_and_access_log() {
     let dest = format!("dir:{}", out_dir.display());
     let out = skopeo(&["copy", "--src-tls-verify=false", &src, &dest]).await;
     assert!(out.status.success(), "skopeo copy failed: {}", stderr(&out));
-    assert_eq!(dir_manifest_digest(&out_dir), bed.seeded.busybox.manifest.digest);
+    assert_eq!(
+        dir_manifest_digest(&out_dir),
+        bed.seeded.busybox.manifest.digest
+    );
     for layer in &bed.seeded.busybox.layers {
         let data = std::fs::read(out_dir.join(layer.hex())).expect("layer file");
         assert_eq!(sha256_digest(&data), layer.digest);
@@ -55,11 +61,26 @@ async fn plain_registry_skopeo_pull_and_access_log() {
 
     // (iv) the access-log counter sees the manifest GET (and only access-log lines count).
     let path = "/v2/library/busybox/manifests/latest";
-    let n = bed.registry.wait_for_count("GET", path, 1, Duration::from_secs(5)).await;
+    let n = bed
+        .registry
+        .wait_for_count("GET", path, 1, Duration::from_secs(5))
+        .await;
     assert_eq!(n, 1, "log:\n{}", bed.registry.log());
-    let blob_path = format!("/v2/library/busybox/blobs/{}", bed.seeded.busybox.layers[1].digest);
-    assert_eq!(bed.registry.wait_for_count("GET", &blob_path, 1, Duration::from_secs(5)).await, 1);
-    assert_eq!(bed.registry.count("GET", "/v2/library/nothing/manifests/latest"), 0);
+    let blob_path = format!(
+        "/v2/library/busybox/blobs/{}",
+        bed.seeded.busybox.layers[1].digest
+    );
+    assert_eq!(
+        bed.registry
+            .wait_for_count("GET", &blob_path, 1, Duration::from_secs(5))
+            .await,
+        1
+    );
+    assert_eq!(
+        bed.registry
+            .count("GET", "/v2/library/nothing/manifests/latest"),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,27 +96,63 @@ async fn plain_registry_serves_every_seeded_manifest_and_ranges() {
         .images()
         .into_iter()
         .map(|i| (i.repo.clone(), i.tag.clone(), i.manifest.clone()))
-        .chain(s.indexes().into_iter().map(|i| (i.repo.clone(), i.tag.clone(), i.manifest.clone())));
+        .chain(
+            s.indexes()
+                .into_iter()
+                .map(|i| (i.repo.clone(), i.tag.clone(), i.manifest.clone())),
+        );
     for (repo, tag, manifest) in tagged {
         for reference in [tag.as_str(), manifest.digest.as_str()] {
-            let url = format!("{}/v2/{repo}/manifests/{reference}", bed.registry.base_url());
-            let resp = client.get(&url).header("Accept", &accept).send().await.expect("GET");
+            let url = format!(
+                "{}/v2/{repo}/manifests/{reference}",
+                bed.registry.base_url()
+            );
+            let resp = client
+                .get(&url)
+                .header("Accept", &accept)
+                .send()
+                .await
+                .expect("GET");
             assert_eq!(resp.status(), 200, "{url}");
-            let ct = resp.headers()["content-type"].to_str().expect("ct").to_owned();
+            let ct = resp.headers()["content-type"]
+                .to_str()
+                .expect("ct")
+                .to_owned();
             assert_eq!(ct, manifest.media_type, "{url}");
             assert_eq!(resp.bytes().await.expect("body"), manifest.data, "{url}");
         }
     }
     // Index children by digest, and a Range on the big layer.
     let child = &s.multi.children[1];
-    let url = format!("{}/v2/library/multi/manifests/{}", bed.registry.base_url(), child.manifest.digest);
-    let resp = client.get(&url).header("Accept", &accept).send().await.expect("GET");
+    let url = format!(
+        "{}/v2/library/multi/manifests/{}",
+        bed.registry.base_url(),
+        child.manifest.digest
+    );
+    let resp = client
+        .get(&url)
+        .header("Accept", &accept)
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(resp.bytes().await.expect("body"), child.manifest.data);
     let big = &s.big.layers[0];
-    let url = format!("{}/v2/library/big/blobs/{}", bed.registry.base_url(), big.digest);
-    let resp = client.get(&url).header("Range", "bytes=1000-1999").send().await.expect("GET");
+    let url = format!(
+        "{}/v2/library/big/blobs/{}",
+        bed.registry.base_url(),
+        big.digest
+    );
+    let resp = client
+        .get(&url)
+        .header("Range", "bytes=1000-1999")
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(resp.status(), 206);
-    assert_eq!(resp.bytes().await.expect("body"), big.data.slice(1000..2000));
+    assert_eq!(
+        resp.bytes().await.expect("body"),
+        big.data.slice(1000..2000)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,8 +173,15 @@ async fn token_registry_anonymous_private_and_alice() {
     ])
     .await;
     assert!(out.status.success(), "anonymous pull: {}", stderr(&out));
-    assert_eq!(dir_manifest_digest(&out_dir), bed.seeded.busybox.manifest.digest);
-    let anon: Vec<_> = ts.requests().into_iter().filter(|r| r.method == "GET").collect();
+    assert_eq!(
+        dir_manifest_digest(&out_dir),
+        bed.seeded.busybox.manifest.digest
+    );
+    let anon: Vec<_> = ts
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET")
+        .collect();
     assert!(anon.iter().any(|r| !r.authorization
         && r.param("scope") == Some("repository:library/busybox:pull")
         && r.param("service") == Some("test-registry")));
@@ -146,10 +210,15 @@ async fn token_registry_anonymous_private_and_alice() {
     ])
     .await;
     assert!(out.status.success(), "alice pull: {}", stderr(&out));
-    assert_eq!(dir_manifest_digest(&alice_dir), bed.seeded.private_secret.manifest.digest);
+    assert_eq!(
+        dir_manifest_digest(&alice_dir),
+        bed.seeded.private_secret.manifest.digest
+    );
     let requests = ts.requests();
     assert!(
-        requests.iter().any(|r| r.basic_user.as_deref() == Some("alice") && r.param("account") == Some("alice")),
+        requests.iter().any(
+            |r| r.basic_user.as_deref() == Some("alice") && r.param("account") == Some("alice")
+        ),
         "{requests:?}"
     );
 
@@ -179,7 +248,10 @@ async fn tls_registry_with_cert_dir() {
     let dest = format!("dir:{}", out_dir.display());
     let out = skopeo(&["copy", "--src-cert-dir", &cert_dir, &src, &dest]).await;
     assert!(out.status.success(), "skopeo with CA: {}", stderr(&out));
-    assert_eq!(dir_manifest_digest(&out_dir), bed.seeded.app.manifest.digest);
+    assert_eq!(
+        dir_manifest_digest(&out_dir),
+        bed.seeded.app.manifest.digest
+    );
 
     // Without the CA the certificate is rejected: TLS verification is real.
     let other = format!("dir:{}", bed.tmp.path().join("noca").display());
@@ -206,7 +278,10 @@ async fn basic_registry_needs_credentials() {
     ])
     .await;
     assert!(out.status.success(), "basic pull: {}", stderr(&out));
-    assert_eq!(dir_manifest_digest(&ok_dir), bed.seeded.dockerv2.manifest.digest);
+    assert_eq!(
+        dir_manifest_digest(&ok_dir),
+        bed.seeded.dockerv2.manifest.digest
+    );
     let out = skopeo(&[
         "copy",
         "--src-tls-verify=false",
@@ -214,7 +289,10 @@ async fn basic_registry_needs_credentials() {
         &format!("dir:{}", bed.tmp.path().join("anon").display()),
     ])
     .await;
-    assert!(!out.status.success(), "anonymous pull from a Basic registry must fail");
+    assert!(
+        !out.status.success(),
+        "anonymous pull from a Basic registry must fail"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,8 +301,14 @@ async fn shared_storage_serves_a_second_registry() {
         return;
     }
     let bed = TestBed::start_with(Mode::Token, SMALL).await;
-    let tls = bed.start_registry(Mode::TlsToken).await.expect("second registry");
-    let plain = bed.start_registry(Mode::Plain).await.expect("third registry");
+    let tls = bed
+        .start_registry(Mode::TlsToken)
+        .await
+        .expect("second registry");
+    let plain = bed
+        .start_registry(Mode::Plain)
+        .await
+        .expect("third registry");
     let client = reqwest::Client::builder()
         .add_root_certificate(bed.pki.reqwest_ca().expect("ca"))
         .build()
@@ -233,26 +317,48 @@ async fn shared_storage_serves_a_second_registry() {
     let url = format!("{}/v2/library/busybox/blobs/{digest}", plain.base_url());
     let resp = client.get(&url).send().await.expect("plain GET");
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.bytes().await.expect("body"), bed.seeded.busybox.layers[1].data);
+    assert_eq!(
+        resp.bytes().await.expect("body"),
+        bed.seeded.busybox.layers[1].data
+    );
     // Token registry over TLS: 401 without a token, 200 with one.
     let url = format!("{}/v2/library/busybox/blobs/{digest}", tls.base_url());
     let resp = client.get(&url).send().await.expect("tls GET");
     assert_eq!(resp.status(), 401);
-    let challenge = resp.headers()["www-authenticate"].to_str().expect("header").to_owned();
-    assert!(challenge.contains("service=\"test-registry\""), "{challenge}");
-    assert!(challenge.contains("scope=\"repository:library/busybox:pull\""), "{challenge}");
+    let challenge = resp.headers()["www-authenticate"]
+        .to_str()
+        .expect("header")
+        .to_owned();
+    assert!(
+        challenge.contains("service=\"test-registry\""),
+        "{challenge}"
+    );
+    assert!(
+        challenge.contains("scope=\"repository:library/busybox:pull\""),
+        "{challenge}"
+    );
     let token = bed
         .token_server()
         .issue(None, &["repository:library/busybox:pull"])
         .expect("token");
-    let resp = client.get(&url).bearer_auth(&token).send().await.expect("tls GET");
+    let resp = client
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("tls GET");
     assert_eq!(resp.status(), 200);
-    assert_eq!(tls.count("GET", &format!("/v2/library/busybox/blobs/{digest}")), 2);
+    assert_eq!(
+        tls.count("GET", &format!("/v2/library/busybox/blobs/{digest}")),
+        2
+    );
 }
 
 fn jwt_claims(token: &str) -> serde_json::Value {
     let payload = token.split('.').nth(1).expect("payload");
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("b64");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("b64");
     serde_json::from_slice(&bytes).expect("claims")
 }
 
@@ -267,7 +373,8 @@ async fn token_server_flows() {
     let client = reqwest::Client::new();
     let json = |r: reqwest::Response| async move {
         let status = r.status().as_u16();
-        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
+        let v: serde_json::Value =
+            serde_json::from_slice(&r.bytes().await.expect("body")).expect("json");
         (status, v)
     };
 
@@ -276,7 +383,10 @@ async fn token_server_flows() {
         .get(&realm)
         .query(&[
             ("service", "test-registry"),
-            ("scope", "repository:private/secret:pull repository:library/busybox:pull,push"),
+            (
+                "scope",
+                "repository:private/secret:pull repository:library/busybox:pull,push",
+            ),
         ])
         .send()
         .await
@@ -294,17 +404,30 @@ async fn token_server_flows() {
     // No scope at all (docker login), with credentials and offline_token → refresh token.
     let r = client
         .get(&realm)
-        .query(&[("service", "test-registry"), ("account", "alice"), ("offline_token", "true"), ("client_id", "docker")])
+        .query(&[
+            ("service", "test-registry"),
+            ("account", "alice"),
+            ("offline_token", "true"),
+            ("client_id", "docker"),
+        ])
         .basic_auth("alice", Some("secret"))
         .send()
         .await
         .expect("GET");
     let (status, body) = json(r).await;
     assert_eq!(status, 200);
-    let refresh = body["refresh_token"].as_str().expect("refresh token").to_owned();
+    let refresh = body["refresh_token"]
+        .as_str()
+        .expect("refresh token")
+        .to_owned();
 
     // Bad password → 401.
-    let r = client.get(&realm).basic_auth("alice", Some("wrong")).send().await.expect("GET");
+    let r = client
+        .get(&realm)
+        .basic_auth("alice", Some("wrong"))
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(r.status(), 401);
 
     // POST refresh_token grant.
@@ -335,20 +458,44 @@ async fn token_server_flows() {
     let (status, body) = json(client.post(&realm).form(&form).send().await.expect("POST")).await;
     assert_eq!(status, 200);
     assert!(body["refresh_token"].is_string());
-    let bad = [("grant_type", "password"), ("username", "bob"), ("password", "x")];
+    let bad = [
+        ("grant_type", "password"),
+        ("username", "bob"),
+        ("password", "x"),
+    ];
     let (status, body) = json(client.post(&realm).form(&bad).send().await.expect("POST")).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_grant")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_grant"))
+    );
     let odd = [("grant_type", "client_credentials")];
     let (status, body) = json(client.post(&realm).form(&odd).send().await.expect("POST")).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("unsupported_grant_type")));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("unsupported_grant_type"))
+    );
 
     // POST can be switched off (clients fall back to GET).
     ts.set_post_enabled(false);
-    assert_eq!(client.post(&realm).form(&form).send().await.expect("POST").status(), 404);
+    assert_eq!(
+        client
+            .post(&realm)
+            .form(&form)
+            .send()
+            .await
+            .expect("POST")
+            .status(),
+        404
+    );
 
     // The token works against the registry (ES256 + kid accepted by distribution 2.8).
-    let token = ts.issue(Some("alice"), &["repository:private/secret:pull"]).expect("token");
-    let url = format!("{}/v2/private/secret/manifests/1.0", bed.registry.base_url());
+    let token = ts
+        .issue(Some("alice"), &["repository:private/secret:pull"])
+        .expect("token");
+    let url = format!(
+        "{}/v2/private/secret/manifests/1.0",
+        bed.registry.base_url()
+    );
     let resp = client
         .get(&url)
         .bearer_auth(&token)
@@ -358,8 +505,17 @@ async fn token_server_flows() {
         .expect("GET");
     assert_eq!(resp.status(), 200);
     let recorded = ts.requests();
-    assert!(recorded.iter().any(|r| r.method == "POST" && r.form.iter().any(|(k, v)| k == "grant_type" && v == "password")));
-    assert!(recorded.iter().any(|r| r.method == "GET" && r.authorization && r.basic_user.as_deref() == Some("alice")));
+    assert!(recorded.iter().any(|r| {
+        r.method == "POST"
+            && r.form
+                .iter()
+                .any(|(k, v)| k == "grant_type" && v == "password")
+    }));
+    assert!(
+        recorded.iter().any(|r| r.method == "GET"
+            && r.authorization
+            && r.basic_user.as_deref() == Some("alice"))
+    );
 }
 
 #[test]
@@ -374,7 +530,11 @@ fn libtrust_kid_matches_openssl() {
          | head -c 30 | base32 -w0 | tr -d '=' | sed 's/..../&:/g; s/:$//'",
         pki.signer_cert.display()
     );
-    let out = std::process::Command::new("sh").arg("-c").arg(script).output().expect("sh");
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("sh");
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), pki.signer_kid);
 }

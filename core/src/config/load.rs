@@ -199,6 +199,7 @@ fn defaults(e: &EnvSettings) -> Result<Config, ConfigError> {
         ca_bundle: None,
         json_logs: false,
         address_exceptions: Vec::new(),
+        secret_key: [0; 32],
     })
 }
 

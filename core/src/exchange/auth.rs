@@ -28,6 +28,9 @@ impl Exchange {
         if self.req.method != Method::GET {
             return self.respond_method_not_allowed("GET, POST");
         }
+        if self.answer_proxy_token(now) {
+            return;
+        }
         self.auth_form = None;
         self.discover_realm(now);
     }
@@ -41,6 +44,13 @@ impl Exchange {
                 "form too large",
             );
         };
+        // A form carrying the client's own grant (password or refresh token) is forwarded;
+        // otherwise an anonymous client on a credentialed route gets a proxy token.
+        let own_grant = form_urlencoded::parse(&body)
+            .any(|(k, v)| (k == "password" || k == "refresh_token") && !v.is_empty());
+        if !own_grant && self.answer_proxy_token(now) {
+            return;
+        }
         self.auth_form = Some(body);
         self.discover_realm(now);
     }

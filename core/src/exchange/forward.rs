@@ -34,6 +34,8 @@ pub(crate) enum Step {
     Realm,
     /// `/v2/auth` step 2: the token request.
     Token,
+    /// The proxy's own token request (configured credentials).
+    ProxyToken,
 }
 
 /// Which body we asked for.
@@ -45,6 +47,8 @@ pub(crate) enum BodyStep {
     Manifest,
     /// A token response, relayed verbatim.
     Token,
+    /// The proxy's own token response.
+    ProxyToken,
 }
 
 impl Exchange {
@@ -82,6 +86,7 @@ impl Exchange {
             self.respond_method_not_allowed("GET, HEAD");
             return;
         }
+        self.decide_proxy_auth();
         if is_read && let Some(key) = self.cache_key() {
             self.queue.push_back(Action::CacheLookup(key));
             self.phase = Phase::Cache;
@@ -222,7 +227,7 @@ impl Exchange {
         self.respond(resp);
     }
 
-    fn send_resource(&mut self, now: Timestamp) {
+    pub(super) fn send_resource(&mut self, now: Timestamp) {
         let path = self
             .routed
             .as_ref()
@@ -317,6 +322,7 @@ impl Exchange {
                 return;
             }
             Step::ProbeHead | Step::ProbeRange => return self.on_probe_head(step, head, now),
+            Step::ProxyToken => return self.on_proxy_token_head(head),
             Step::Ping | Step::Resource => {}
         }
         let status = head.status.as_u16();
@@ -329,6 +335,9 @@ impl Exchange {
             return self.on_redirect(&head, &loc, now);
         }
         if status == 401 {
+            if matches!(step, Step::Resource) && self.on_proxy_auth_challenge(&head, now) {
+                return;
+            }
             self.last_head = Some(head);
             self.ask_body(BodyStep::Error, self.config.limits.max_error_body_bytes);
             return;
@@ -601,6 +610,7 @@ impl Exchange {
             BodyStep::Token => self.on_token_body(head, body, now),
             BodyStep::Manifest => self.on_manifest_body(head, body),
             BodyStep::Error => self.on_error_body(head, Some(body)),
+            BodyStep::ProxyToken => self.on_proxy_token_body(&body, now),
         }
     }
 
@@ -778,6 +788,11 @@ impl Exchange {
         _now: Timestamp,
     ) {
         self.deadline = None;
+        if matches!(head_step, Some(Step::ProxyToken))
+            || matches!(body_step, Some(BodyStep::ProxyToken))
+        {
+            return self.proxy_token_failed();
+        }
         if let Some(BodyStep::Error) = body_step {
             // The error body was too large or broken: answer with a normalised error.
             if let Some(head) = self.last_head.take() {

@@ -38,6 +38,8 @@ pub(super) enum Phase {
     ClientBody,
     /// Waiting for a cache lookup.
     Cache,
+    /// Waiting for a token cache lookup.
+    Token,
     /// Finished (after the last queued action).
     Finished,
 }
@@ -62,6 +64,8 @@ pub struct Exchange {
     pub(super) last_head: Option<UpstreamHead>,
     /// The `/v2/auth` POST form, once read.
     pub(super) auth_form: Option<Bytes>,
+    /// The proxy's own upstream auth (configured credentials).
+    pub(super) proxy_auth: super::credentials::ProxyAuth,
 }
 
 impl Exchange {
@@ -86,6 +90,7 @@ impl Exchange {
             current_url: None,
             last_head: None,
             auth_form: None,
+            proxy_auth: super::credentials::ProxyAuth::default(),
         }
     }
 
@@ -422,6 +427,7 @@ impl Exchange {
     /// Client headers to forward upstream (hop-by-hop and forwarding headers removed).
     pub(super) fn forwarded_headers(&self) -> HeaderMap {
         let mut h = crate::headers::forward_request_headers(&self.req.headers);
+        self.apply_proxy_auth(&mut h);
         if !h.contains_key(header::USER_AGENT)
             && let Ok(v) = HeaderValue::from_str(&self.config.user_agent)
         {

@@ -12,6 +12,7 @@ use dockerproxy_core::exchange::{
     Action, BodyPlan, CacheResult, LocalEndpoint, ManifestEntry, RequestHead, Response,
     UpstreamError, UpstreamHead, UpstreamRequest,
 };
+use dockerproxy_core::token::TokenCache;
 use dockerproxy_core::{Exchange, Timestamp};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
@@ -148,7 +149,30 @@ pub fn drive_with(
     config: &Config,
     head: RequestHead,
     client_body: Option<Bytes>,
+    cache: impl FnMut(&dockerproxy_core::cache_policy::CacheKey) -> CacheResult,
+    upstream: impl FnMut(&UpstreamRequest) -> Result<Reply, UpstreamError>,
+) -> Transcript {
+    let mut tokens = TokenCache::new(64);
+    drive_full(config, head, client_body, cache, &mut tokens, upstream)
+}
+
+/// Drives with a token cache shared across exchanges.
+pub fn drive_tokens(
+    config: &Config,
+    head: RequestHead,
+    tokens: &mut TokenCache,
+    upstream: impl FnMut(&UpstreamRequest) -> Result<Reply, UpstreamError>,
+) -> Transcript {
+    drive_full(config, head, None, |_| CacheResult::Miss, tokens, upstream)
+}
+
+/// The full driver.
+pub fn drive_full(
+    config: &Config,
+    head: RequestHead,
+    client_body: Option<Bytes>,
     mut cache: impl FnMut(&dockerproxy_core::cache_policy::CacheKey) -> CacheResult,
+    tokens: &mut TokenCache,
     mut upstream: impl FnMut(&UpstreamRequest) -> Result<Reply, UpstreamError>,
 ) -> Transcript {
     let config = Arc::new(config.clone());
@@ -205,6 +229,15 @@ pub fn drive_with(
                 ex.handle_cache_result(r, NOW);
             }
             Action::CacheStore(entry) => t.stored.push(entry),
+            Action::TokenLookup(key) => {
+                let r = tokens.lookup(&key, NOW);
+                ex.handle_token_lookup(r, NOW);
+            }
+            Action::TokenStore { key, token } => match token {
+                Some(tok) => tokens.complete(key, tok),
+                None => tokens.fail(&key),
+            },
+            Action::TokenInvalidate(key) => tokens.invalidate(&key),
             Action::Respond(resp) => {
                 assert!(t.response.is_none(), "two responses");
                 t.body = match &resp.body {

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the end-to-end tests need (TESTBED.md §0). Idempotent and fast
+# when everything is already installed: `dpkg -s` is checked first and apt is only touched for
+# what is missing. Installing starts no daemon (policy-rc.d); tests start what they need.
+set -euo pipefail
+
+PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq nginx-light wrk)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! dpkg -s "$pkg" >/dev/null 2>&1; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "install-test-deps: all ${#PACKAGES[@]} packages already installed"
+    exit 0
+fi
+
+echo "install-test-deps: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+
+# Update the package lists only when they are missing or older than a day, or when a first
+# install attempt fails (stale lists).
+lists=/var/lib/apt/lists
+if [ -z "$(find "$lists" -maxdepth 1 -name '*_Packages' -mmin -1440 2>/dev/null | head -n1)" ]; then
+    $SUDO apt-get update -qq
+fi
+if ! $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"; then
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "install-test-deps: done"

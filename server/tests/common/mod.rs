@@ -1,0 +1,144 @@
+//! Shared helpers: start the server in-process on 127.0.0.1:0 and speak raw HTTP/1.1 to it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dockerproxy_core::Config;
+use dockerproxy_server::ServerState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A configuration from environment pairs and an optional TOML text.
+pub fn config(env: &[(&str, &str)], file: Option<&str>) -> Config {
+    let env: BTreeMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    dockerproxy_core::config::load(&env, file).expect("test configuration loads").0
+}
+
+/// A running in-process server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: Arc<ServerState>,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Self {
+        let state = dockerproxy_server::build_state(config).expect("state builds");
+        Self::start_with_state(state).await
+    }
+
+    pub async fn start_with_state(state: Arc<ServerState>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(dockerproxy_server::run(vec![listener], state.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self { addr, state, stop: Some(stop), task }
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task).await.expect("run returns").unwrap().unwrap();
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn signal_stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `method path` with `Host: host` and `Connection: close`, reads to EOF.
+pub async fn request(addr: SocketAddr, method: &str, path: &str, host: &str) -> Reply {
+    let raw = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let (reply, complete) = raw_request(addr, raw.as_bytes()).await;
+    assert!(complete, "response incomplete: {reply:?}");
+    reply
+}
+
+/// Sends raw bytes, reads to EOF; returns the reply and whether the body was complete per
+/// `Content-Length` (or chunked framing).
+pub async fn raw_request(addr: SocketAddr, raw: &[u8]) -> (Reply, bool) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut buf = Vec::new();
+    // A reset counts as the end of what was received.
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await.expect("server answers");
+    parse(&buf)
+}
+
+fn parse(buf: &[u8]) -> (Reply, bool) {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let rest = &buf[split + 4..];
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let mut reply = Reply { status, head, body: Vec::new() };
+    let complete = if let Some(len) = reply.header("content-length") {
+        let len: usize = len.parse().unwrap();
+        reply.body = rest[..rest.len().min(len)].to_vec();
+        rest.len() >= len
+    } else if reply.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        let (body, done) = dechunk(rest);
+        reply.body = body;
+        done
+    } else {
+        reply.body = rest.to_vec();
+        true
+    };
+    (reply, complete)
+}
+
+fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { return (body, false) };
+        let size_text = String::from_utf8_lossy(&rest[..eol]).into_owned();
+        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else {
+            return (body, false);
+        };
+        rest = &rest[eol + 2..];
+        if size == 0 {
+            return (body, true);
+        }
+        if rest.len() < size {
+            body.extend_from_slice(rest);
+            return (body, false);
+        }
+        body.extend_from_slice(&rest[..size]);
+        rest = rest.get(size + 2..).unwrap_or(&[]);
+    }
+}
