@@ -317,10 +317,10 @@ proptest! {
         (valid_name(), prop::sample::select(vec!["manifests", "blobs", "tags", "referrers", "blobs/uploads"]), edgy(10))
             .prop_map(|(n, m, r)| format!("/v2/{n}/{m}/{r}")),
     ]) {
-        if let Ok(Classified::Registry(r)) = classify(&s) {
-            if let Some(n) = r.name() {
-                prop_assert!(oracle_name(n.as_str()), "{:?} -> {:?}", s, n);
-            }
+        if let Ok(Classified::Registry(r)) = classify(&s)
+            && let Some(n) = r.name()
+        {
+            prop_assert!(oracle_name(n.as_str()), "{:?} -> {:?}", s, n);
         }
         if s.split('/').any(|seg| seg == "." || seg == "..") || s.contains('\0') || !s.is_ascii() {
             prop_assert!(classify(&s).is_err(), "{:?}", s);

@@ -45,6 +45,10 @@ async fn compat_head_health_has_no_body() {
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty(), "{:?}", r.text());
     assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    // The GET length is announced.
+    let get = request(server.addr, "GET", "/health", "docker.example.com").await;
+    let announced: usize = r.header("content-length").unwrap().parse().unwrap();
+    assert!(announced.abs_diff(get.body.len()) <= 3, "{announced} vs {}", get.body.len());
     server.stop().await;
 }
 

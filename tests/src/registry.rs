@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::error::{FixtureResult, unexpected};
+use crate::error::{FixtureError, FixtureResult, unexpected};
 use crate::ports::free_addr;
 use crate::token_server::{ISSUER, SERVICE, USERS};
 
@@ -64,6 +64,20 @@ pub struct Registry {
 impl Registry {
     /// Writes the config, starts the process and waits until `GET /v2/` answers (200 or 401).
     pub async fn start(config: RegistryConfig) -> FixtureResult<Self> {
+        // The free port may be taken between our probe and the registry's bind (TESTBED §0):
+        // retry with a new port when the process reports exactly that.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::start_once(config.clone()).await {
+                Err(FixtureError::Unexpected(msg))
+                    if attempt < 3 && msg.contains("address already in use") => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(config: RegistryConfig) -> FixtureResult<Self> {
         let bin = if Path::new(REGISTRY_BIN).exists() {
             PathBuf::from(REGISTRY_BIN)
         } else {
@@ -118,7 +132,12 @@ impl Registry {
             if let Ok(resp) = client.get(&url).send().await
                 && matches!(resp.status().as_u16(), 200 | 401)
             {
-                return Ok(());
+                // Another process on a stolen port could have answered: ours must be alive.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if self.child.try_wait()?.is_none() {
+                    return Ok(());
+                }
+                continue;
             }
             if Instant::now() > deadline {
                 return Err(unexpected(format!(
