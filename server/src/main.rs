@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! dockerproxy [--config PATH]        serve (CONFIG=PATH works too); zero configuration serves
-//!                                    the default route table on port 8080
+//!                                    the default route table on port 8080; the file's `listen`
+//!                                    addresses are added (TLS with `tls_cert` + `tls_key`)
 //! dockerproxy healthcheck            GET http://127.0.0.1:$PORT/health, exit 0 on 200, else 1
 //! dockerproxy -health-check          the same (go-docker-proxy's flag; --health-check too)
 //! dockerproxy --version | --help
@@ -11,7 +12,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dockerproxy_server::{build_state, healthcheck, logging, run, shutdown};
+use dockerproxy_server::{Listener, bind_all, build_state, healthcheck, logging, run_listeners, shutdown};
 
 const USAGE: &str = "usage: dockerproxy [--config PATH] | healthcheck | --health-check | --version | --help";
 
@@ -97,9 +98,10 @@ fn serve(config_path: Option<String>) -> ExitCode {
         None => None,
     };
     let env_source = |name: &str| std::env::var(name).ok();
-    // TODO(config): switch to `config::load_with(env, file, read_file)` for secret files once
-    // core/src/config/load.rs provides it.
-    let (config, warnings) = match dockerproxy_core::config::load(&env_source, file_text.as_deref()) {
+    // `password_file` credentials: the core never opens files, so the reader is passed in.
+    let read_file = |path: &str| std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"));
+    let loaded = dockerproxy_core::config::load_with(&env_source, file_text.as_deref(), &read_file);
+    let (config, warnings) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("dockerproxy: {e}");
@@ -112,6 +114,7 @@ fn serve(config_path: Option<String>) -> ExitCode {
         tracing::warn!(key = %w.key, "{}", w.message);
     }
     let port = config.port;
+    let extra: Vec<String> = config.listen.clone();
     let state = match build_state(config) {
         Ok(s) => s,
         Err(e) => {
@@ -128,9 +131,18 @@ fn serve(config_path: Option<String>) -> ExitCode {
         }
     };
     let result = rt.block_on(async move {
-        let listeners = dockerproxy_server::bind_all(port).await?;
+        let tls = state.tls_acceptor.is_some();
+        let mut listeners: Vec<Listener> =
+            bind_all(port).await?.into_iter().map(|tcp| Listener { tcp, tls: false }).collect();
+        // Extra `listen` addresses speak TLS when a certificate is configured.
+        for addr in &extra {
+            let tcp = tokio::net::TcpListener::bind(addr.as_str())
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
+            listeners.push(Listener { tcp, tls });
+        }
         tracing::info!(version = dockerproxy_core::VERSION, port, "dockerproxy starting");
-        run(listeners, state, shutdown::signal()).await
+        run_listeners(listeners, state, shutdown::signal()).await
     });
     // Connection tasks that outlived the drain are dropped with the runtime.
     rt.shutdown_timeout(Duration::from_secs(1));
