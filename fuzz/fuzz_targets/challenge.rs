@@ -4,8 +4,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[allow(dead_code)]
-#[path = "../src/auth.rs"]
-mod auth;
-
-fuzz_target!(|data: &[u8]| auth::check_challenge(data));
+fuzz_target!(|data: &[u8]| dockerproxy_fuzz::auth::check_challenge(data));
