@@ -103,8 +103,12 @@ impl UpstreamStream {
             self.waiting = false;
             match frame {
                 Some(Ok(frame)) => {
-                    let Ok(data) = frame.into_data() else { continue };
-                    let Some(v) = self.verifier.as_mut() else { return Poll::Ready(Some(Ok(data))) };
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    let Some(v) = self.verifier.as_mut() else {
+                        return Poll::Ready(Some(Ok(data)));
+                    };
                     match v.push(&data) {
                         Ok(out) if out.is_empty() => continue,
                         Ok(out) => return Poll::Ready(Some(Ok(out))),
@@ -157,29 +161,43 @@ impl core::fmt::Debug for ResponseBody {
             Inner::Upstream(_) => "upstream",
             Inner::Store(_) => "store",
         };
-        f.debug_struct("ResponseBody").field("kind", &kind).finish_non_exhaustive()
+        f.debug_struct("ResponseBody")
+            .field("kind", &kind)
+            .finish_non_exhaustive()
     }
 }
 
 impl ResponseBody {
     /// No body.
     pub fn empty() -> Self {
-        Self { inner: Inner::Empty, log: None }
+        Self {
+            inner: Inner::Empty,
+            log: None,
+        }
     }
 
     /// Fixed bytes.
     pub fn full(bytes: Bytes) -> Self {
-        Self { inner: Inner::Full(Some(bytes)), log: None }
+        Self {
+            inner: Inner::Full(Some(bytes)),
+            log: None,
+        }
     }
 
     /// A relayed upstream body.
     pub fn upstream(stream: UpstreamStream) -> Self {
-        Self { inner: Inner::Upstream(Box::new(stream)), log: None }
+        Self {
+            inner: Inner::Upstream(Box::new(stream)),
+            log: None,
+        }
     }
 
     /// A body read from the store.
     pub fn store(body: StoreBody) -> Self {
-        Self { inner: Inner::Store(body), log: None }
+        Self {
+            inner: Inner::Store(body),
+            log: None,
+        }
     }
 
     /// Attaches the access-log record, emitted when the body is dropped.
@@ -198,7 +216,9 @@ impl ResponseBody {
         if let Some(log) = self.log.as_mut() {
             tracing::warn!(registry = %log.registry, error = %e, "response body aborted");
             if matches!(e, BodyError::Integrity(_)) {
-                log.state().metrics.integrity_failure(&log.registry, log.kind);
+                log.state()
+                    .metrics
+                    .integrity_failure(&log.registry, log.kind);
             }
             log.set_outcome(Outcome::Aborted(e.to_string()));
         }
@@ -209,7 +229,10 @@ impl Body for ResponseBody {
     type Data = Bytes;
     type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let next = match &mut this.inner {
             Inner::Empty => Poll::Ready(None),
@@ -218,7 +241,9 @@ impl Body for ResponseBody {
             Inner::Store(body) => match Pin::new(body).poll_frame(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Store(e.to_string())))),
+                Poll::Ready(Some(Err(e))) => {
+                    Poll::Ready(Some(Err(BodyError::Store(e.to_string()))))
+                }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => Poll::Ready(Some(Ok(data))),
                     // Trailers from the store are not expected; end the body there.

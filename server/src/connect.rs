@@ -52,7 +52,9 @@ pub struct GuardedConnector {
 }
 
 fn bare_host(host: &str) -> &str {
-    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }
 
 impl GuardedConnector {
@@ -63,34 +65,54 @@ impl GuardedConnector {
             .iter()
             .map(|e| (bare_host(&e.host).to_ascii_lowercase(), e.port))
             .collect();
-        Self { exceptions: Arc::new(exceptions), attempt_timeout: config.limits.connect_timeout / 2 }
+        Self {
+            exceptions: Arc::new(exceptions),
+            attempt_timeout: config.limits.connect_timeout / 2,
+        }
     }
 
     /// A connector with explicit `(host, port)` exceptions.
     pub fn with_exceptions(exceptions: Vec<(String, u16)>, connect_timeout: Duration) -> Self {
-        let exceptions = exceptions.into_iter().map(|(h, p)| (bare_host(&h).to_ascii_lowercase(), p)).collect();
-        Self { exceptions: Arc::new(exceptions), attempt_timeout: connect_timeout / 2 }
+        let exceptions = exceptions
+            .into_iter()
+            .map(|(h, p)| (bare_host(&h).to_ascii_lowercase(), p))
+            .collect();
+        Self {
+            exceptions: Arc::new(exceptions),
+            attempt_timeout: connect_timeout / 2,
+        }
     }
 
     /// True when `host:port` is a configured exception.
     fn excepted(&self, host: &str, port: u16) -> bool {
         let host = bare_host(host).trim_end_matches('.');
-        self.exceptions.iter().any(|(h, p)| *p == port && h.eq_ignore_ascii_case(host))
+        self.exceptions
+            .iter()
+            .any(|(h, p)| *p == port && h.eq_ignore_ascii_case(host))
     }
 
     /// The addresses of `host:port` that may be dialled, in resolver order.
-    pub async fn allowed_addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, BoxError> {
+    pub async fn allowed_addresses(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, BoxError> {
         let bare = bare_host(host);
         let resolved: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
             Err(_) => tokio::net::lookup_host((bare, port)).await?.collect(),
         };
         if resolved.is_empty() {
-            return Err(Box::new(std::io::Error::new(std::io::ErrorKind::NotFound, "no address")));
+            return Err(Box::new(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no address",
+            )));
         }
         let excepted = self.excepted(host, port);
-        let allowed: Vec<SocketAddr> =
-            resolved.into_iter().filter(|a| excepted || !is_denied_address(a.ip().to_canonical())).collect();
+        let allowed: Vec<SocketAddr> = resolved
+            .into_iter()
+            .filter(|a| excepted || !is_denied_address(a.ip().to_canonical()))
+            .collect();
         if allowed.is_empty() {
             tracing::warn!(host = %crate::logging::sanitize(host, 256), port, "upstream address denied by policy");
             return Err(Box::new(AddressDenied));
@@ -114,7 +136,11 @@ impl Service<Uri> for GuardedConnector {
         let this = self.clone();
         Box::pin(async move {
             let host = uri.host().ok_or("upstream URL without host")?.to_owned();
-            let default_port = if uri.scheme_str() == Some("https") { 443 } else { 80 };
+            let default_port = if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
             let port = uri.port_u16().unwrap_or(default_port);
             let addrs = this.allowed_addresses(&host, port).await?;
             let several = addrs.len() > 1;
@@ -124,7 +150,10 @@ impl Service<Uri> for GuardedConnector {
                 let result = if several {
                     match tokio::time::timeout(this.attempt_timeout, attempt).await {
                         Ok(r) => r,
-                        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect attempt timed out")),
+                        Err(_) => Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "connect attempt timed out",
+                        )),
                     }
                 } else {
                     attempt.await
@@ -147,7 +176,10 @@ mod tests {
     use super::*;
 
     fn connector(exceptions: &[(&str, u16)]) -> GuardedConnector {
-        let list = exceptions.iter().map(|(h, p)| ((*h).to_owned(), *p)).collect();
+        let list = exceptions
+            .iter()
+            .map(|(h, p)| ((*h).to_owned(), *p))
+            .collect();
         GuardedConnector::with_exceptions(list, Duration::from_secs(2))
     }
 
@@ -158,7 +190,10 @@ mod tests {
         assert!(e.is::<AddressDenied>());
         let e = c.allowed_addresses("[::1]", 5000).await.unwrap_err();
         assert!(e.is::<AddressDenied>());
-        let e = c.allowed_addresses("[::ffff:169.254.169.254]", 80).await.unwrap_err();
+        let e = c
+            .allowed_addresses("[::ffff:169.254.169.254]", 80)
+            .await
+            .unwrap_err();
         assert!(e.is::<AddressDenied>());
         // Names are checked after resolution.
         let e = c.allowed_addresses("localhost", 5000).await.unwrap_err();
@@ -168,14 +203,28 @@ mod tests {
     #[tokio::test]
     async fn exact_exception_allows_only_its_port() {
         let c = connector(&[("127.0.0.1", 5000), ("::1", 5001)]);
-        assert_eq!(c.allowed_addresses("127.0.0.1", 5000).await.unwrap(), vec!["127.0.0.1:5000".parse().unwrap()]);
-        assert!(c.allowed_addresses("127.0.0.1", 5002).await.unwrap_err().is::<AddressDenied>());
-        assert_eq!(c.allowed_addresses("[::1]", 5001).await.unwrap(), vec!["[::1]:5001".parse().unwrap()]);
+        assert_eq!(
+            c.allowed_addresses("127.0.0.1", 5000).await.unwrap(),
+            vec!["127.0.0.1:5000".parse().unwrap()]
+        );
+        assert!(
+            c.allowed_addresses("127.0.0.1", 5002)
+                .await
+                .unwrap_err()
+                .is::<AddressDenied>()
+        );
+        assert_eq!(
+            c.allowed_addresses("[::1]", 5001).await.unwrap(),
+            vec!["[::1]:5001".parse().unwrap()]
+        );
     }
 
     #[tokio::test]
     async fn public_literal_is_allowed() {
         let c = connector(&[]);
-        assert_eq!(c.allowed_addresses("8.8.8.8", 443).await.unwrap(), vec!["8.8.8.8:443".parse().unwrap()]);
+        assert_eq!(
+            c.allowed_addresses("8.8.8.8", 443).await.unwrap(),
+            vec!["8.8.8.8:443".parse().unwrap()]
+        );
     }
 }

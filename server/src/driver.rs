@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use dockerproxy_core::Exchange;
 use dockerproxy_core::cache_policy::{CacheKey, XCache};
 use dockerproxy_core::exchange::{
     Action, BodyPlan, Purpose, RequestHead, Response as CoreResponse, UpstreamError, UpstreamHead,
@@ -24,7 +25,6 @@ use dockerproxy_core::exchange::{
 use dockerproxy_core::oci_error::{ErrorCode, OciError};
 use dockerproxy_core::token::TokenLookup;
 use dockerproxy_core::verifier::Verifier;
-use dockerproxy_core::Exchange;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
 
@@ -45,12 +45,28 @@ struct Current {
 }
 
 /// Serves one request.
-pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Option<IpAddr>, tls: bool) -> Response<ResponseBody> {
+pub async fn handle(
+    state: Arc<ServerState>,
+    req: Request<Incoming>,
+    peer: Option<IpAddr>,
+    tls: bool,
+) -> Response<ResponseBody> {
     let (parts, client_body) = req.into_parts();
     let head = request_head(&parts, peer, tls);
     let parts_headers = parts.headers;
-    let host = head.headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
-    let mut log = RequestLog::new(state.clone(), head.method.clone(), &host, &head.target, peer);
+    let host = head
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let mut log = RequestLog::new(
+        state.clone(),
+        head.method.clone(),
+        &host,
+        &head.target,
+        peer,
+    );
     log.kind = kind_of(&head.target);
     let method = head.method.clone();
     let mut client_body = Some(client_body);
@@ -64,7 +80,11 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Optio
             Action::Local(endpoint) => {
                 let r = crate::local::render(&state, endpoint, &method, peer);
                 log.status = r.status.as_u16();
-                return build(r.status, r.headers, ResponseBody::full(r.body).with_log(log));
+                return build(
+                    r.status,
+                    r.headers,
+                    ResponseBody::full(r.body).with_log(log),
+                );
             }
             Action::SendUpstream(req) => {
                 current = None;
@@ -82,12 +102,30 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Optio
                     Ok(resp) => {
                         let (parts, body) = resp.into_parts();
                         let remaining = ratelimit_remaining(&parts.headers);
-                        state.metrics.upstream(&registry, parts.status.as_str(), elapsed, remaining);
-                        current = Some(Current { body, content_length: content_length(&parts.headers) });
-                        ex.handle_upstream_head(UpstreamHead { status: parts.status, headers: parts.headers }, state::now());
+                        state.metrics.upstream(
+                            &registry,
+                            parts.status.as_str(),
+                            elapsed,
+                            remaining,
+                        );
+                        current = Some(Current {
+                            body,
+                            content_length: content_length(&parts.headers),
+                        });
+                        ex.handle_upstream_head(
+                            UpstreamHead {
+                                status: parts.status,
+                                headers: parts.headers,
+                            },
+                            state::now(),
+                        );
                     }
                     Err(e) => {
-                        let code = if e == UpstreamError::Timeout { "timeout" } else { "error" };
+                        let code = if e == UpstreamError::Timeout {
+                            "timeout"
+                        } else {
+                            "error"
+                        };
                         state.metrics.upstream(&registry, code, elapsed, None);
                         tracing::debug!(registry = %registry, error = ?e, "upstream request failed");
                         ex.handle_upstream_error(e, state::now());
@@ -130,7 +168,9 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Optio
                 let body = match client_body.take() {
                     Some(b) => {
                         let idle = state.config.limits.client_header_timeout;
-                        upstream::read_to_limit(b, limit, idle, content_length(&parts_headers)).await.ok()
+                        upstream::read_to_limit(b, limit, idle, content_length(&parts_headers))
+                            .await
+                            .ok()
                     }
                     None => None,
                 };
@@ -149,9 +189,17 @@ pub async fn handle(state: Arc<ServerState>, req: Request<Incoming>, peer: Optio
         }
     }
     tracing::error!("exchange ended without a response");
-    let e = OciError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, "internal error");
+    let e = OciError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unknown,
+        "internal error",
+    );
     log.status = e.status.as_u16();
-    build(e.status, e.headers(), ResponseBody::full(e.body()).with_log(log))
+    build(
+        e.status,
+        e.headers(),
+        ResponseBody::full(e.body()).with_log(log),
+    )
 }
 
 /// After `Respond` the exchange normally says `Done` (a `CacheStore` may come first); anything
@@ -168,7 +216,9 @@ fn drain_after_respond(state: &ServerState, ex: &mut Exchange, grant: &mut Optio
                 state.tokens.store(key, token);
             }
             Action::TokenInvalidate(key) => state.tokens.invalidate(&key),
-            other => tracing::debug!(action = ?std::mem::discriminant(&other), "action after Respond ignored"),
+            other => {
+                tracing::debug!(action = ?std::mem::discriminant(&other), "action after Respond ignored")
+            }
         }
     }
 }
@@ -210,7 +260,11 @@ async fn respond(
                 Some(cur) => {
                     log.source = Source::Upstream;
                     let verifier = verify.map(|d| Verifier::new(d, cur.content_length));
-                    ResponseBody::upstream(UpstreamStream::new(cur.body, state.client.idle_timeout(), verifier))
+                    ResponseBody::upstream(UpstreamStream::new(
+                        cur.body,
+                        state.client.idle_timeout(),
+                        verifier,
+                    ))
                 }
                 None => return internal_error(log, "no upstream body to relay"),
             }
@@ -228,9 +282,17 @@ async fn respond(
 
 fn internal_error(mut log: RequestLog, why: &str) -> Response<ResponseBody> {
     tracing::error!(reason = why, "internal error");
-    let e = OciError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Unknown, "internal error");
+    let e = OciError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unknown,
+        "internal error",
+    );
     log.status = e.status.as_u16();
-    build(e.status, e.headers(), ResponseBody::full(e.body()).with_log(log))
+    build(
+        e.status,
+        e.headers(),
+        ResponseBody::full(e.body()).with_log(log),
+    )
 }
 
 fn build(status: StatusCode, headers: HeaderMap, body: ResponseBody) -> Response<ResponseBody> {
@@ -247,17 +309,32 @@ pub fn request_head(parts: &http::request::Parts, peer: Option<IpAddr>, tls: boo
     let mut headers = parts.headers.clone();
     let target = if parts.version == Version::HTTP_2 {
         if !headers.contains_key(header::HOST)
-            && let Some(v) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            && let Some(v) = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         {
             headers.insert(header::HOST, v);
         }
-        parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
+        parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
     } else if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         parts.uri.to_string()
     } else {
-        parts.uri.path_and_query().map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
+        parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned())
     };
-    RequestHead { method: parts.method.clone(), target, headers, peer: peer.map(|ip| ip.to_canonical()), tls }
+    RequestHead {
+        method: parts.method.clone(),
+        target,
+        headers,
+        peer: peer.map(|ip| ip.to_canonical()),
+        tls,
+    }
 }
 
 /// The metrics `kind` of a request path (ping, auth, manifest, blob, other).
@@ -276,12 +353,20 @@ pub fn kind_of(target: &str) -> &'static str {
 
 fn key_registry(key: &CacheKey) -> &str {
     match key {
-        CacheKey::Blob { registry, .. } | CacheKey::Manifest { registry, .. } | CacheKey::Tag { registry, .. } => registry,
+        CacheKey::Blob { registry, .. }
+        | CacheKey::Manifest { registry, .. }
+        | CacheKey::Tag { registry, .. } => registry,
     }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// `RateLimit-Remaining` (`97;w=21600` on Docker Hub) as a number.
@@ -308,7 +393,10 @@ mod tests {
     #[test]
     fn ratelimit_header_parses_docker_hub_form() {
         let mut h = HeaderMap::new();
-        h.insert("RateLimit-Remaining", HeaderValue::from_static("97;w=21600"));
+        h.insert(
+            "RateLimit-Remaining",
+            HeaderValue::from_static("97;w=21600"),
+        );
         assert_eq!(ratelimit_remaining(&h), Some(97.0));
         h.insert("RateLimit-Remaining", HeaderValue::from_static("x"));
         assert_eq!(ratelimit_remaining(&h), None);
@@ -316,17 +404,33 @@ mod tests {
 
     #[test]
     fn absolute_form_target_is_passed_whole() {
-        let req = Request::builder().uri("http://evil.example/v2/").body(()).unwrap();
+        let req = Request::builder()
+            .uri("http://evil.example/v2/")
+            .body(())
+            .unwrap();
         let (parts, ()) = req.into_parts();
-        assert_eq!(request_head(&parts, None, false).target, "http://evil.example/v2/");
-        let req = Request::builder().uri("/v2/x/manifests/1?n=1").body(()).unwrap();
+        assert_eq!(
+            request_head(&parts, None, false).target,
+            "http://evil.example/v2/"
+        );
+        let req = Request::builder()
+            .uri("/v2/x/manifests/1?n=1")
+            .body(())
+            .unwrap();
         let (parts, ()) = req.into_parts();
-        assert_eq!(request_head(&parts, None, false).target, "/v2/x/manifests/1?n=1");
+        assert_eq!(
+            request_head(&parts, None, false).target,
+            "/v2/x/manifests/1?n=1"
+        );
     }
 
     #[test]
     fn h2_target_is_origin_form_and_authority_becomes_host() {
-        let req = Request::builder().version(Version::HTTP_2).uri("https://docker.example.com/v2/?x=1").body(()).unwrap();
+        let req = Request::builder()
+            .version(Version::HTTP_2)
+            .uri("https://docker.example.com/v2/?x=1")
+            .body(())
+            .unwrap();
         let (parts, ()) = req.into_parts();
         let head = request_head(&parts, Some("::ffff:127.0.0.1".parse().unwrap()), true);
         assert_eq!(head.target, "/v2/?x=1");

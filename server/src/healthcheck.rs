@@ -11,12 +11,18 @@ use tokio::net::TcpStream;
 
 /// True when `GET /health` on `127.0.0.1:port` answers 200 within `timeout`.
 pub async fn check(port: u16, timeout: Duration) -> bool {
-    tokio::time::timeout(timeout, probe(port)).await.unwrap_or(false)
+    tokio::time::timeout(timeout, probe(port))
+        .await
+        .unwrap_or(false)
 }
 
 async fn probe(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else { return false };
-    let request = format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nUser-Agent: dockerproxy-healthcheck\r\n\r\n");
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nUser-Agent: dockerproxy-healthcheck\r\n\r\n"
+    );
     if stream.write_all(request.as_bytes()).await.is_err() {
         return false;
     }

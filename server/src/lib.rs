@@ -73,7 +73,10 @@ pub async fn run(
     state: Arc<ServerState>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let listeners = listeners.into_iter().map(|tcp| Listener { tcp, tls: false }).collect();
+    let listeners = listeners
+        .into_iter()
+        .map(|tcp| Listener { tcp, tls: false })
+        .collect();
     run_listeners(listeners, state, shutdown).await
 }
 
@@ -84,7 +87,10 @@ pub async fn run_listeners(
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     if listeners.iter().any(|l| l.tls) && state.tls_acceptor.is_none() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "a TLS listener needs tls_cert and tls_key"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a TLS listener needs tls_cert and tls_key",
+        ));
     }
     let (stop_tx, stop_rx) = watch::channel(false);
     let cap = Arc::new(Semaphore::new(state.options.max_connections.max(1)));
@@ -93,7 +99,13 @@ pub async fn run_listeners(
         if let Ok(addr) = tcp.local_addr() {
             tracing::info!(%addr, tls, "listening");
         }
-        loops.spawn(listener::serve(tcp, tls, state.clone(), stop_rx.clone(), cap.clone()));
+        loops.spawn(listener::serve(
+            tcp,
+            tls,
+            state.clone(),
+            stop_rx.clone(),
+            cap.clone(),
+        ));
     }
     shutdown.await;
     state.begin_drain();

@@ -62,7 +62,14 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                conns.spawn(connection(stream, peer, tls, state.clone(), shutdown.clone(), permit));
+                conns.spawn(connection(
+                    stream,
+                    peer,
+                    tls,
+                    state.clone(),
+                    shutdown.clone(),
+                    permit,
+                ));
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -78,7 +85,10 @@ pub async fn serve(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(remaining = conns.len(), "drain timeout: aborting connections");
+        tracing::warn!(
+            remaining = conns.len(),
+            "drain timeout: aborting connections"
+        );
         conns.abort_all();
         while conns.join_next().await.is_some() {}
     }
@@ -100,7 +110,11 @@ async fn connection(
         http1(TokioIo::new(io), peer_ip, false, state, shutdown).await;
         return;
     };
-    let handshake = tokio::time::timeout(state.config.limits.client_header_timeout, acceptor.accept(io)).await;
+    let handshake = tokio::time::timeout(
+        state.config.limits.client_header_timeout,
+        acceptor.accept(io),
+    )
+    .await;
     let tls = match handshake {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
@@ -120,8 +134,13 @@ async fn connection(
     }
 }
 
-async fn http1<I>(io: I, peer: Option<IpAddr>, tls: bool, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>)
-where
+async fn http1<I>(
+    io: I,
+    peer: Option<IpAddr>,
+    tls: bool,
+    state: Arc<ServerState>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     I: Read + Write + Unpin + Send + 'static,
 {
     let svc_state = state.clone();
@@ -152,8 +171,12 @@ where
     }
 }
 
-async fn http2<I>(io: I, peer: Option<IpAddr>, state: Arc<ServerState>, mut shutdown: watch::Receiver<bool>)
-where
+async fn http2<I>(
+    io: I,
+    peer: Option<IpAddr>,
+    state: Arc<ServerState>,
+    mut shutdown: watch::Receiver<bool>,
+) where
     I: Read + Write + Unpin + Send + 'static,
 {
     let svc_state = state.clone();

@@ -30,7 +30,12 @@ pub struct LocalResponse {
 }
 
 /// Renders `endpoint` for a request with `method` from `peer`.
-pub fn render(state: &ServerState, endpoint: LocalEndpoint, method: &Method, peer: Option<IpAddr>) -> LocalResponse {
+pub fn render(
+    state: &ServerState,
+    endpoint: LocalEndpoint,
+    method: &Method,
+    peer: Option<IpAddr>,
+) -> LocalResponse {
     let exposure = match endpoint {
         LocalEndpoint::Stats | LocalEndpoint::StatsCache => Some(state.config.stats),
         LocalEndpoint::Metrics => Some(state.config.metrics),
@@ -44,41 +49,73 @@ pub fn render(state: &ServerState, endpoint: LocalEndpoint, method: &Method, pee
         };
         if !allowed {
             let e = OciError::new(StatusCode::NOT_FOUND, ErrorCode::Unsupported, "not found");
-            return LocalResponse { status: e.status, headers: e.headers(), body: e.body() };
+            return LocalResponse {
+                status: e.status,
+                headers: e.headers(),
+                body: e.body(),
+            };
         }
     }
     if method != Method::GET && method != Method::HEAD {
-        let e = OciError::new(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Unsupported, "method not allowed");
+        let e = OciError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Unsupported,
+            "method not allowed",
+        );
         let mut headers = e.headers();
         headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return LocalResponse { status: e.status, headers, body: e.body() };
+        return LocalResponse {
+            status: e.status,
+            headers,
+            body: e.body(),
+        };
     }
     match endpoint {
         LocalEndpoint::Health => json(StatusCode::OK, health_json(state)),
         LocalEndpoint::Ready => {
             if state.is_draining() {
-                json(StatusCode::SERVICE_UNAVAILABLE, "{\"status\":\"not ready\",\"reason\":\"shutting down\"}\n".into())
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "{\"status\":\"not ready\",\"reason\":\"shutting down\"}\n".into(),
+                )
             } else {
                 json(StatusCode::OK, "{\"status\":\"ready\"}\n".into())
             }
         }
         LocalEndpoint::Stats => json(StatusCode::OK, stats_json(state, &state.store.stats())),
-        LocalEndpoint::StatsCache => json(StatusCode::OK, stats_cache_json(state, &state.store.stats())),
+        LocalEndpoint::StatsCache => json(
+            StatusCode::OK,
+            stats_cache_json(state, &state.store.stats()),
+        ),
         LocalEndpoint::Metrics => {
             let mut headers = HeaderMap::new();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             let body = state.metrics.render(&state.store.stats());
-            LocalResponse { status: StatusCode::OK, headers, body: Bytes::from(body) }
+            LocalResponse {
+                status: StatusCode::OK,
+                headers,
+                body: Bytes::from(body),
+            }
         }
     }
 }
 
 fn json(status: StatusCode, body: String) -> LocalResponse {
     let mut headers = HeaderMap::new();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    LocalResponse { status, headers, body: Bytes::from(body) }
+    LocalResponse {
+        status,
+        headers,
+        body: Bytes::from(body),
+    }
 }
 
 /// A JSON string literal.
@@ -89,7 +126,9 @@ fn js(s: &str) -> String {
 /// Uptime as a Go duration string, rounded to milliseconds (`26h3m4.512s`).
 fn uptime(state: &ServerState) -> String {
     let up = state.uptime();
-    format_go_duration(Duration::from_millis(u64::try_from(up.as_millis()).unwrap_or(u64::MAX)))
+    format_go_duration(Duration::from_millis(
+        u64::try_from(up.as_millis()).unwrap_or(u64::MAX),
+    ))
 }
 
 /// `{"status":"healthy","timestamp":…,"uptime":…,"version":…}` plus `\n`.
@@ -106,7 +145,6 @@ fn kind_json(k: &KindStats) -> String {
     let hit_rate = if k.requests == 0 {
         "N/A".to_owned()
     } else {
-        // Integer-free percentage: exact enough for two decimals.
         format!("{:.2}%", k.hits as f64 * 100.0 / k.requests as f64)
     };
     format!(
@@ -141,7 +179,11 @@ fn cache_object(s: &StoreStats) -> String {
         Some(ms) => crate::rfc3339::format_utc(ms),
         None => "N/A".to_owned(),
     };
-    let savings = if s.inflight_total == 0 { 0.0 } else { s.deduplicated as f64 * 100.0 / s.inflight_total as f64 };
+    let savings = if s.inflight_total == 0 {
+        0.0
+    } else {
+        s.deduplicated as f64 * 100.0 / s.inflight_total as f64
+    };
     let keys: Vec<String> = s.active_keys.iter().map(|k| js(k)).collect();
     format!(
         "{{\"blob\":{},\"manifest\":{},\"totalSize\":{total},\"totalSizeHuman\":{},\"deduplication\":{},\"lastCleanup\":{},\
@@ -201,18 +243,29 @@ mod tests {
             kind_json(&KindStats::default()),
             "{\"count\":0,\"requests\":0,\"hits\":0,\"misses\":0,\"hitRate\":\"N/A\"}"
         );
-        let k = KindStats { requests: 3, hits: 1, misses: 2, ..KindStats::default() };
+        let k = KindStats {
+            requests: 3,
+            hits: 1,
+            misses: 2,
+            ..KindStats::default()
+        };
         assert!(kind_json(&k).ends_with("\"hitRate\":\"33.33%\"}"));
     }
 
     #[test]
     fn cache_object_is_valid_json_with_go_field_names() {
-        let s = StoreStats { active_keys: vec!["docker.io/library/alpine:3\"x".into()], ..StoreStats::default() };
+        let s = StoreStats {
+            active_keys: vec!["docker.io/library/alpine:3\"x".into()],
+            ..StoreStats::default()
+        };
         let v: serde_json::Value = serde_json::from_str(&cache_object(&s)).unwrap();
         assert_eq!(v["totalSizeHuman"], "0 B");
         assert_eq!(v["lastCleanup"], "N/A");
         assert_eq!(v["inflight"]["currentActive"], 1);
-        assert_eq!(v["inflight"]["activeKeys"][0], "docker.io/library/alpine:3\"x");
+        assert_eq!(
+            v["inflight"]["activeKeys"][0],
+            "docker.io/library/alpine:3\"x"
+        );
         assert_eq!(v["blob"]["hitRate"], "N/A");
     }
 }

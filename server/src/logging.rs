@@ -17,10 +17,23 @@ use crate::state::ServerState;
 /// Installs the global subscriber: `debug` level with `DEBUG=true`, else `info`; `RUST_LOG`
 /// overrides both. JSON lines when `json`. A second call is a no-op (tests start many servers).
 pub fn init(debug: bool, json: bool) {
-    let default = if debug { "debug,hyper=info,h2=info,rustls=info" } else { "info" };
+    let default = if debug {
+        "debug,hyper=info,h2=info,rustls=info"
+    } else {
+        "info"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    // Colours only on a terminal: container logs stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Escapes control characters, quotes and non-ASCII, and caps the length, so request text is
@@ -87,7 +100,13 @@ impl core::fmt::Debug for RequestLog {
 
 impl RequestLog {
     /// Starts the record of a request.
-    pub fn new(state: Arc<ServerState>, method: Method, host: &str, target: &str, peer: Option<std::net::IpAddr>) -> Self {
+    pub fn new(
+        state: Arc<ServerState>,
+        method: Method,
+        host: &str,
+        target: &str,
+        peer: Option<std::net::IpAddr>,
+    ) -> Self {
         let client = state.client_tag(peer);
         Self {
             state,
@@ -128,7 +147,9 @@ impl RequestLog {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        self.state.metrics.request(&self.registry, self.kind, &self.method, self.status);
+        self.state
+            .metrics
+            .request(&self.registry, self.kind, &self.method, self.status);
         let outcome = match &self.outcome {
             Outcome::Pending if self.bytes == 0 => "ok",
             Outcome::Pending => "client-gone",
@@ -163,7 +184,10 @@ mod tests {
 
     #[test]
     fn path_only_drops_query() {
-        assert_eq!(path_only("/v2/x/blobs/sha256:1?X-Amz-Signature=secret"), "/v2/x/blobs/sha256:1");
+        assert_eq!(
+            path_only("/v2/x/blobs/sha256:1?X-Amz-Signature=secret"),
+            "/v2/x/blobs/sha256:1"
+        );
         assert_eq!(path_only("/health"), "/health");
     }
 }

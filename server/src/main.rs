@@ -12,9 +12,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use dockerproxy_server::{Listener, bind_all, build_state, healthcheck, logging, run_listeners, shutdown};
+use dockerproxy_server::{
+    Listener, bind_all, build_state, healthcheck, logging, run_listeners, shutdown,
+};
 
-const USAGE: &str = "usage: dockerproxy [--config PATH] | healthcheck | --health-check | --version | --help";
+const USAGE: &str =
+    "usage: dockerproxy [--config PATH] | healthcheck | --health-check | --version | --help";
 
 enum Command {
     Serve { config_path: Option<String> },
@@ -28,7 +31,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     let mut command = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
-            "healthcheck" | "-health-check" | "--health-check" => command = Some(Command::HealthCheck),
+            "healthcheck" | "-health-check" | "--health-check" => {
+                command = Some(Command::HealthCheck)
+            }
             "--version" | "-version" | "-V" => command = Some(Command::Version),
             "--help" | "-help" | "-h" => command = Some(Command::Help),
             "--config" | "-config" | "-c" => {
@@ -74,16 +79,28 @@ fn main() -> ExitCode {
 
 fn runtime(multi: bool) -> std::io::Result<tokio::runtime::Runtime> {
     if multi {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     }
 }
 
 fn health_check() -> ExitCode {
-    let port = env("PORT").and_then(|p| p.trim().parse::<u16>().ok()).unwrap_or(8080);
-    let Ok(rt) = runtime(false) else { return ExitCode::from(1) };
-    if rt.block_on(healthcheck::check(port, Duration::from_secs(3))) { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    let port = env("PORT")
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .unwrap_or(8080);
+    let Ok(rt) = runtime(false) else {
+        return ExitCode::from(1);
+    };
+    if rt.block_on(healthcheck::check(port, Duration::from_secs(3))) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 fn serve(config_path: Option<String>) -> ExitCode {
@@ -99,7 +116,9 @@ fn serve(config_path: Option<String>) -> ExitCode {
     };
     let env_source = |name: &str| std::env::var(name).ok();
     // `password_file` credentials: the core never opens files, so the reader is passed in.
-    let read_file = |path: &str| std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"));
+    let read_file = |path: &str| {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {path:?}: {e}"))
+    };
     let loaded = dockerproxy_core::config::load_with(&env_source, file_text.as_deref(), &read_file);
     let (config, warnings) = match loaded {
         Ok(loaded) => loaded,
@@ -132,8 +151,11 @@ fn serve(config_path: Option<String>) -> ExitCode {
     };
     let result = rt.block_on(async move {
         let tls = state.tls_acceptor.is_some();
-        let mut listeners: Vec<Listener> =
-            bind_all(port).await?.into_iter().map(|tcp| Listener { tcp, tls: false }).collect();
+        let mut listeners: Vec<Listener> = bind_all(port)
+            .await?
+            .into_iter()
+            .map(|tcp| Listener { tcp, tls: false })
+            .collect();
         // Extra `listen` addresses speak TLS when a certificate is configured.
         for addr in &extra {
             let tcp = tokio::net::TcpListener::bind(addr.as_str())
@@ -141,7 +163,11 @@ fn serve(config_path: Option<String>) -> ExitCode {
                 .map_err(|e| std::io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
             listeners.push(Listener { tcp, tls });
         }
-        tracing::info!(version = dockerproxy_core::VERSION, port, "dockerproxy starting");
+        tracing::info!(
+            version = dockerproxy_core::VERSION,
+            port,
+            "dockerproxy starting"
+        );
         run_listeners(listeners, state, shutdown::signal()).await
     });
     // Connection tasks that outlived the drain are dropped with the runtime.
@@ -165,12 +191,22 @@ mod tests {
 
     #[test]
     fn cli_forms() {
-        assert!(matches!(args(&[]), Ok(Command::Serve { config_path: None })));
+        assert!(matches!(
+            args(&[]),
+            Ok(Command::Serve { config_path: None })
+        ));
         assert!(matches!(args(&["healthcheck"]), Ok(Command::HealthCheck)));
         assert!(matches!(args(&["-health-check"]), Ok(Command::HealthCheck)));
-        assert!(matches!(args(&["--health-check"]), Ok(Command::HealthCheck)));
-        assert!(matches!(args(&["--config", "/x.toml"]), Ok(Command::Serve { config_path: Some(p) }) if p == "/x.toml"));
-        assert!(matches!(args(&["--config=/y.toml"]), Ok(Command::Serve { config_path: Some(p) }) if p == "/y.toml"));
+        assert!(matches!(
+            args(&["--health-check"]),
+            Ok(Command::HealthCheck)
+        ));
+        assert!(
+            matches!(args(&["--config", "/x.toml"]), Ok(Command::Serve { config_path: Some(p) }) if p == "/x.toml")
+        );
+        assert!(
+            matches!(args(&["--config=/y.toml"]), Ok(Command::Serve { config_path: Some(p) }) if p == "/y.toml")
+        );
         assert!(args(&["--config"]).is_err());
         assert!(args(&["--bogus"]).is_err());
     }

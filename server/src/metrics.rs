@@ -14,7 +14,9 @@ use std::time::Duration;
 use crate::store::StoreStats;
 
 /// Upper bounds (seconds) of the `upstream_response_seconds` buckets.
-const BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 #[derive(Clone, Debug, Default)]
 struct Histogram {
@@ -71,17 +73,27 @@ pub fn method_label(method: &http::Method) -> &'static str {
 impl Metrics {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves plain counters behind: still usable.
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Counts a finished client request.
     pub fn request(&self, registry: &str, kind: &'static str, method: &http::Method, code: u16) {
-        *self.lock().requests.entry((registry.to_owned(), kind, method_label(method), code)).or_default() += 1;
+        *self
+            .lock()
+            .requests
+            .entry((registry.to_owned(), kind, method_label(method), code))
+            .or_default() += 1;
     }
 
     /// Counts a cache decision (`hit`, `miss`, `bypass`).
     pub fn cache_request(&self, registry: &str, kind: &'static str, result: &'static str) {
-        *self.lock().cache_requests.entry((registry.to_owned(), kind, result)).or_default() += 1;
+        *self
+            .lock()
+            .cache_requests
+            .entry((registry.to_owned(), kind, result))
+            .or_default() += 1;
     }
 
     /// Adds bytes sent to clients.
@@ -95,10 +107,22 @@ impl Metrics {
 
     /// Counts an upstream response head (`code` is the status, or `error` / `timeout`), with the
     /// time it took, and remembers the last `RateLimit-Remaining` seen.
-    pub fn upstream(&self, registry: &str, code: &str, elapsed: Duration, ratelimit_remaining: Option<f64>) {
+    pub fn upstream(
+        &self,
+        registry: &str,
+        code: &str,
+        elapsed: Duration,
+        ratelimit_remaining: Option<f64>,
+    ) {
         let mut inner = self.lock();
-        *inner.upstream_requests.entry((registry.to_owned(), code.to_owned())).or_default() += 1;
-        let h = inner.upstream_seconds.entry(registry.to_owned()).or_default();
+        *inner
+            .upstream_requests
+            .entry((registry.to_owned(), code.to_owned()))
+            .or_default() += 1;
+        let h = inner
+            .upstream_seconds
+            .entry(registry.to_owned())
+            .or_default();
         let secs = elapsed.as_secs_f64();
         for (i, bound) in BUCKETS.iter().enumerate() {
             if secs <= *bound {
@@ -114,77 +138,258 @@ impl Metrics {
 
     /// Counts a followed redirect hop.
     pub fn redirect_followed(&self, registry: &str) {
-        *self.lock().redirects.entry(registry.to_owned()).or_default() += 1;
+        *self
+            .lock()
+            .redirects
+            .entry(registry.to_owned())
+            .or_default() += 1;
     }
 
     /// Counts a stale answer served on an upstream failure.
     pub fn stale_served(&self, registry: &str) {
-        *self.lock().stale_served.entry(registry.to_owned()).or_default() += 1;
+        *self
+            .lock()
+            .stale_served
+            .entry(registry.to_owned())
+            .or_default() += 1;
     }
 
     /// Counts a digest or length mismatch.
     pub fn integrity_failure(&self, registry: &str, kind: &'static str) {
-        *self.lock().integrity_failures.entry((registry.to_owned(), kind)).or_default() += 1;
+        *self
+            .lock()
+            .integrity_failures
+            .entry((registry.to_owned(), kind))
+            .or_default() += 1;
     }
 
     /// Renders every family in Prometheus text format 0.0.4.
     pub fn render(&self, store: &StoreStats) -> String {
         let inner = self.lock();
         let mut out = String::with_capacity(4096);
-        family(&mut out, "requests_total", "counter", "Client requests by registry, kind, method and status.");
+        family(
+            &mut out,
+            "requests_total",
+            "counter",
+            "Client requests by registry, kind, method and status.",
+        );
         for ((registry, kind, method, code), v) in &inner.requests {
             let code = code.to_string();
-            sample(&mut out, "requests_total", &[("registry", registry), ("kind", kind), ("method", method), ("code", &code)], *v);
+            sample(
+                &mut out,
+                "requests_total",
+                &[
+                    ("registry", registry),
+                    ("kind", kind),
+                    ("method", method),
+                    ("code", &code),
+                ],
+                *v,
+            );
         }
-        family(&mut out, "cache_requests_total", "counter", "Cache decisions by registry, kind and result.");
+        family(
+            &mut out,
+            "cache_requests_total",
+            "counter",
+            "Cache decisions by registry, kind and result.",
+        );
         for ((registry, kind, result), v) in &inner.cache_requests {
-            sample(&mut out, "cache_requests_total", &[("registry", registry), ("kind", kind), ("result", result)], *v);
+            sample(
+                &mut out,
+                "cache_requests_total",
+                &[("registry", registry), ("kind", kind), ("result", result)],
+                *v,
+            );
         }
-        family(&mut out, "bytes_sent_total", "counter", "Response body bytes sent to clients by source.");
-        sample(&mut out, "bytes_sent_total", &[("source", "cache")], self.bytes_from_cache.load(Ordering::Relaxed));
-        sample(&mut out, "bytes_sent_total", &[("source", "upstream")], self.bytes_from_upstream.load(Ordering::Relaxed));
-        family(&mut out, "cache_size_bytes", "gauge", "Bytes held by the cache store.");
-        sample(&mut out, "cache_size_bytes", &[("kind", "blob")], store.blob.size_bytes);
-        sample(&mut out, "cache_size_bytes", &[("kind", "manifest")], store.manifest.size_bytes);
-        family(&mut out, "cache_objects", "gauge", "Objects held by the cache store.");
-        sample(&mut out, "cache_objects", &[("kind", "blob")], store.blob.count);
-        sample(&mut out, "cache_objects", &[("kind", "manifest")], store.manifest.count);
-        family(&mut out, "cache_evictions_total", "counter", "Objects evicted from the cache store.");
-        sample(&mut out, "cache_evictions_total", &[("kind", "blob")], store.blob.evictions);
-        sample(&mut out, "cache_evictions_total", &[("kind", "manifest")], store.manifest.evictions);
-        family(&mut out, "upstream_requests_total", "counter", "Upstream requests by registry and status (or error, timeout).");
+        family(
+            &mut out,
+            "bytes_sent_total",
+            "counter",
+            "Response body bytes sent to clients by source.",
+        );
+        sample(
+            &mut out,
+            "bytes_sent_total",
+            &[("source", "cache")],
+            self.bytes_from_cache.load(Ordering::Relaxed),
+        );
+        sample(
+            &mut out,
+            "bytes_sent_total",
+            &[("source", "upstream")],
+            self.bytes_from_upstream.load(Ordering::Relaxed),
+        );
+        family(
+            &mut out,
+            "cache_size_bytes",
+            "gauge",
+            "Bytes held by the cache store.",
+        );
+        sample(
+            &mut out,
+            "cache_size_bytes",
+            &[("kind", "blob")],
+            store.blob.size_bytes,
+        );
+        sample(
+            &mut out,
+            "cache_size_bytes",
+            &[("kind", "manifest")],
+            store.manifest.size_bytes,
+        );
+        family(
+            &mut out,
+            "cache_objects",
+            "gauge",
+            "Objects held by the cache store.",
+        );
+        sample(
+            &mut out,
+            "cache_objects",
+            &[("kind", "blob")],
+            store.blob.count,
+        );
+        sample(
+            &mut out,
+            "cache_objects",
+            &[("kind", "manifest")],
+            store.manifest.count,
+        );
+        family(
+            &mut out,
+            "cache_evictions_total",
+            "counter",
+            "Objects evicted from the cache store.",
+        );
+        sample(
+            &mut out,
+            "cache_evictions_total",
+            &[("kind", "blob")],
+            store.blob.evictions,
+        );
+        sample(
+            &mut out,
+            "cache_evictions_total",
+            &[("kind", "manifest")],
+            store.manifest.evictions,
+        );
+        family(
+            &mut out,
+            "upstream_requests_total",
+            "counter",
+            "Upstream requests by registry and status (or error, timeout).",
+        );
         for ((registry, code), v) in &inner.upstream_requests {
-            sample(&mut out, "upstream_requests_total", &[("registry", registry), ("code", code)], *v);
+            sample(
+                &mut out,
+                "upstream_requests_total",
+                &[("registry", registry), ("code", code)],
+                *v,
+            );
         }
-        family(&mut out, "upstream_response_seconds", "histogram", "Time to upstream response headers.");
+        family(
+            &mut out,
+            "upstream_response_seconds",
+            "histogram",
+            "Time to upstream response headers.",
+        );
         for (registry, h) in &inner.upstream_seconds {
             for (bound, count) in BUCKETS.iter().zip(h.counts.iter()) {
                 let le = bound.to_string();
-                sample(&mut out, "upstream_response_seconds_bucket", &[("registry", registry), ("le", &le)], *count);
+                sample(
+                    &mut out,
+                    "upstream_response_seconds_bucket",
+                    &[("registry", registry), ("le", &le)],
+                    *count,
+                );
             }
-            sample(&mut out, "upstream_response_seconds_bucket", &[("registry", registry), ("le", "+Inf")], h.count);
-            let _ = writeln!(out, "dockerproxy_upstream_response_seconds_sum{{registry=\"{}\"}} {}", escape(registry), h.sum);
-            sample(&mut out, "upstream_response_seconds_count", &[("registry", registry)], h.count);
+            sample(
+                &mut out,
+                "upstream_response_seconds_bucket",
+                &[("registry", registry), ("le", "+Inf")],
+                h.count,
+            );
+            let _ = writeln!(
+                out,
+                "dockerproxy_upstream_response_seconds_sum{{registry=\"{}\"}} {}",
+                escape(registry),
+                h.sum
+            );
+            sample(
+                &mut out,
+                "upstream_response_seconds_count",
+                &[("registry", registry)],
+                h.count,
+            );
         }
-        family(&mut out, "upstream_ratelimit_remaining", "gauge", "Last RateLimit-Remaining value seen per registry.");
+        family(
+            &mut out,
+            "upstream_ratelimit_remaining",
+            "gauge",
+            "Last RateLimit-Remaining value seen per registry.",
+        );
         for (registry, v) in &inner.ratelimit_remaining {
-            let _ = writeln!(out, "dockerproxy_upstream_ratelimit_remaining{{registry=\"{}\"}} {v}", escape(registry));
+            let _ = writeln!(
+                out,
+                "dockerproxy_upstream_ratelimit_remaining{{registry=\"{}\"}} {v}",
+                escape(registry)
+            );
         }
-        family(&mut out, "coalesced_requests_total", "counter", "Requests that joined an upstream fetch in flight.");
+        family(
+            &mut out,
+            "coalesced_requests_total",
+            "counter",
+            "Requests that joined an upstream fetch in flight.",
+        );
         if store.deduplicated > 0 {
-            sample(&mut out, "coalesced_requests_total", &[("kind", "all")], store.deduplicated);
+            sample(
+                &mut out,
+                "coalesced_requests_total",
+                &[("kind", "all")],
+                store.deduplicated,
+            );
         }
-        family(&mut out, "redirects_followed_total", "counter", "Upstream redirects followed server-side.");
+        family(
+            &mut out,
+            "redirects_followed_total",
+            "counter",
+            "Upstream redirects followed server-side.",
+        );
         for (registry, v) in &inner.redirects {
-            sample(&mut out, "redirects_followed_total", &[("registry", registry)], *v);
+            sample(
+                &mut out,
+                "redirects_followed_total",
+                &[("registry", registry)],
+                *v,
+            );
         }
-        family(&mut out, "stale_served_total", "counter", "Stale tags served on a transient upstream failure.");
+        family(
+            &mut out,
+            "stale_served_total",
+            "counter",
+            "Stale tags served on a transient upstream failure.",
+        );
         for (registry, v) in &inner.stale_served {
-            sample(&mut out, "stale_served_total", &[("registry", registry)], *v);
+            sample(
+                &mut out,
+                "stale_served_total",
+                &[("registry", registry)],
+                *v,
+            );
         }
-        family(&mut out, "integrity_failures_total", "counter", "Digest or length mismatches detected.");
+        family(
+            &mut out,
+            "integrity_failures_total",
+            "counter",
+            "Digest or length mismatches detected.",
+        );
         for ((registry, kind), v) in &inner.integrity_failures {
-            sample(&mut out, "integrity_failures_total", &[("registry", registry), ("kind", kind)], *v);
+            sample(
+                &mut out,
+                "integrity_failures_total",
+                &[("registry", registry), ("kind", kind)],
+                *v,
+            );
         }
         out
     }
@@ -247,7 +452,10 @@ mod tests {
             "stale_served_total",
             "integrity_failures_total",
         ] {
-            assert!(text.contains(&format!("# TYPE dockerproxy_{fam} ")), "missing {fam}");
+            assert!(
+                text.contains(&format!("# TYPE dockerproxy_{fam} ")),
+                "missing {fam}"
+            );
         }
     }
 
@@ -256,19 +464,43 @@ mod tests {
         let m = Metrics::default();
         m.request("docker.io", "blob", &http::Method::GET, 200);
         m.request("docker.io", "blob", &http::Method::GET, 200);
-        m.request("docker.io", "blob", &http::Method::from_bytes(b"BREW").unwrap(), 405);
+        m.request(
+            "docker.io",
+            "blob",
+            &http::Method::from_bytes(b"BREW").unwrap(),
+            405,
+        );
         m.upstream("docker.io", "200", Duration::from_millis(30), Some(97.0));
         m.bytes_sent(Source::Upstream, 1234);
         m.integrity_failure("ghcr.io", "blob");
         let text = m.render(&StoreStats::default());
         assert!(text.contains("dockerproxy_requests_total{registry=\"docker.io\",kind=\"blob\",method=\"GET\",code=\"200\"} 2\n"), "{text}");
-        assert!(text.contains("method=\"other\",code=\"405\"} 1\n"), "{text}");
+        assert!(
+            text.contains("method=\"other\",code=\"405\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("dockerproxy_upstream_response_seconds_bucket{registry=\"docker.io\",le=\"0.025\"} 0\n"), "{text}");
         assert!(text.contains("dockerproxy_upstream_response_seconds_bucket{registry=\"docker.io\",le=\"0.05\"} 1\n"), "{text}");
-        assert!(text.contains("dockerproxy_upstream_response_seconds_count{registry=\"docker.io\"} 1\n"), "{text}");
-        assert!(text.contains("dockerproxy_upstream_ratelimit_remaining{registry=\"docker.io\"} 97\n"), "{text}");
-        assert!(text.contains("dockerproxy_bytes_sent_total{source=\"upstream\"} 1234\n"), "{text}");
-        assert!(text.contains("dockerproxy_integrity_failures_total{registry=\"ghcr.io\",kind=\"blob\"} 1\n"), "{text}");
+        assert!(
+            text.contains(
+                "dockerproxy_upstream_response_seconds_count{registry=\"docker.io\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("dockerproxy_upstream_ratelimit_remaining{registry=\"docker.io\"} 97\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dockerproxy_bytes_sent_total{source=\"upstream\"} 1234\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "dockerproxy_integrity_failures_total{registry=\"ghcr.io\",kind=\"blob\"} 1\n"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

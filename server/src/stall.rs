@@ -23,14 +23,22 @@ pub struct WriteStall<S> {
 
 impl<S> core::fmt::Debug for WriteStall<S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("WriteStall").field("timeout", &self.timeout).field("armed", &self.armed).finish()
+        f.debug_struct("WriteStall")
+            .field("timeout", &self.timeout)
+            .field("armed", &self.armed)
+            .finish()
     }
 }
 
 impl<S> WriteStall<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, timeout: Duration) -> Self {
-        Self { inner, timeout, sleep: Box::pin(tokio::time::sleep(timeout)), armed: false }
+        Self {
+            inner,
+            timeout,
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+            armed: false,
+        }
     }
 
     /// The wrapped stream.
@@ -45,12 +53,19 @@ impl<S> WriteStall<S> {
             self.armed = true;
         }
         match self.sleep.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
+            Poll::Ready(()) => Poll::Ready(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "client stopped reading",
+            )),
             Poll::Pending => Poll::Pending,
         }
     }
 
-    fn progressed<T>(&mut self, r: Poll<io::Result<T>>, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+    fn progressed<T>(
+        &mut self,
+        r: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
         match r {
             Poll::Pending => match self.stalled(cx) {
                 Poll::Ready(e) => Poll::Ready(Err(e)),
@@ -65,13 +80,21 @@ impl<S> WriteStall<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for WriteStall<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for WriteStall<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.progressed(r, cx)

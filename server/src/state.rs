@@ -119,7 +119,9 @@ pub struct ServerState {
 
 impl core::fmt::Debug for ServerState {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ServerState").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("ServerState")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -134,7 +136,8 @@ impl ServerState {
         if config.dns_enabled {
             tracing::warn!("DNS_ENABLED is not supported yet: the system resolver is used");
         }
-        let client = UpstreamClient::new(client_tls, &config.limits, GuardedConnector::new(&config));
+        let client =
+            UpstreamClient::new(client_tls, &config.limits, GuardedConnector::new(&config));
         Ok(Self {
             config: Arc::new(config),
             options,
@@ -182,6 +185,9 @@ impl ServerState {
 
 /// The current wall-clock time as the core's [`Timestamp`].
 pub fn now() -> Timestamp {
-    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
     Timestamp::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }

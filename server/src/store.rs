@@ -65,7 +65,11 @@ pub trait Store: Send + Sync + 'static {
     fn lookup<'a>(&'a self, key: &'a CacheKey) -> StoreFuture<'a, CacheResult>;
 
     /// Opens a stored body, optionally an inclusive byte range. `None` when it vanished.
-    fn open<'a>(&'a self, key: &'a CacheKey, range: Option<(u64, u64)>) -> StoreFuture<'a, Option<StoreBody>>;
+    fn open<'a>(
+        &'a self,
+        key: &'a CacheKey,
+        range: Option<(u64, u64)>,
+    ) -> StoreFuture<'a, Option<StoreBody>>;
 
     /// Stores a verified manifest (by digest, plus the tag mapping when set). Never fails
     /// visibly: a store error is logged by the store and the entry is simply not kept. Slow work
@@ -85,7 +89,11 @@ impl Store for NoopStore {
         Box::pin(async { CacheResult::Miss })
     }
 
-    fn open<'a>(&'a self, _key: &'a CacheKey, _range: Option<(u64, u64)>) -> StoreFuture<'a, Option<StoreBody>> {
+    fn open<'a>(
+        &'a self,
+        _key: &'a CacheKey,
+        _range: Option<(u64, u64)>,
+    ) -> StoreFuture<'a, Option<StoreBody>> {
         Box::pin(async { None })
     }
 

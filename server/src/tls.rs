@@ -29,7 +29,10 @@ impl core::fmt::Display for TlsError {
 impl std::error::Error for TlsError {}
 
 fn err(path: &Path, message: impl Into<String>) -> TlsError {
-    TlsError { path: path.to_path_buf(), message: message.into() }
+    TlsError {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -73,7 +76,11 @@ pub fn client_config(ca_bundle: Option<&Path>) -> Result<ClientConfig, TlsError>
 }
 
 /// The server-side acceptor for a TLS listener. With `http2`, ALPN offers `h2` first.
-pub fn acceptor(cert: &Path, key: &Path, http2: bool) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+pub fn acceptor(
+    cert: &Path,
+    key: &Path,
+    http2: bool,
+) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
     let chain = read_certs(cert)?;
     let key_der = read_key(key)?;
     let mut config = ServerConfig::builder_with_provider(provider())
@@ -82,8 +89,11 @@ pub fn acceptor(cert: &Path, key: &Path, http2: bool) -> Result<tokio_rustls::Tl
         .with_no_client_auth()
         .with_single_cert(chain, key_der)
         .map_err(|e| err(key, e.to_string()))?;
-    config.alpn_protocols =
-        if http2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -95,8 +105,18 @@ mod tests {
     fn client_config_has_webpki_roots_and_ring() {
         let cfg = client_config(None).unwrap();
         // TLS 1.2 and 1.3 only, ring provider: at least one suite of each version.
-        assert!(cfg.crypto_provider().cipher_suites.iter().any(|s| s.version() == &rustls::version::TLS13));
-        assert!(cfg.crypto_provider().cipher_suites.iter().any(|s| s.version() == &rustls::version::TLS12));
+        assert!(
+            cfg.crypto_provider()
+                .cipher_suites
+                .iter()
+                .any(|s| s.version() == &rustls::version::TLS13)
+        );
+        assert!(
+            cfg.crypto_provider()
+                .cipher_suites
+                .iter()
+                .any(|s| s.version() == &rustls::version::TLS12)
+        );
     }
 
     #[test]
@@ -111,7 +131,9 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let cert = dir.join("cert.pem");
         std::fs::write(&cert, "not a pem").unwrap();
-        let Err(e) = acceptor(&cert, &cert, false) else { panic!("empty PEM accepted") };
+        let Err(e) = acceptor(&cert, &cert, false) else {
+            panic!("empty PEM accepted")
+        };
         assert!(e.message.contains("no PEM certificate"), "{e}");
     }
 }

@@ -74,7 +74,10 @@ pub struct FetchGrant {
 impl FetchGrant {
     /// A grant for `key`.
     pub fn new(tokens: Arc<Tokens>, key: TokenKey) -> Self {
-        Self { tokens, key: Some(key) }
+        Self {
+            tokens,
+            key: Some(key),
+        }
     }
 
     /// True when this grant is for `key`.
@@ -103,11 +106,20 @@ mod tests {
     use dockerproxy_core::token::Identity;
 
     fn key() -> TokenKey {
-        TokenKey::new("docker.io", "https://auth.example/token", None, vec!["repository:a:pull".into()], Identity::Anonymous)
+        TokenKey::new(
+            "docker.io",
+            "https://auth.example/token",
+            None,
+            vec!["repository:a:pull".into()],
+            Identity::Anonymous,
+        )
     }
 
     fn token() -> Token {
-        Token { value: "t".into(), expires_at: Timestamp::from_millis(u64::MAX / 2) }
+        Token {
+            value: "t".into(),
+            expires_at: Timestamp::from_millis(u64::MAX / 2),
+        }
     }
 
     #[tokio::test]
@@ -119,7 +131,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiter.is_finished());
         tokens.store(key(), Some(token()));
-        let got = tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, TokenLookup::Hit(token()));
     }
 
@@ -132,7 +147,10 @@ mod tests {
         let waiter = tokio::spawn(async move { t2.lookup(&key()).await });
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(grant);
-        let got = tokio::time::timeout(Duration::from_secs(2), waiter).await.unwrap().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(got, TokenLookup::Fetch);
     }
 }

@@ -64,7 +64,10 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(dialler);
-        let connector = TimeoutConnector { inner: https, timeout: limits.connect_timeout };
+        let connector = TimeoutConnector {
+            inner: https,
+            timeout: limits.connect_timeout,
+        };
         let client = Client::builder(TokioExecutor::new())
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
@@ -76,7 +79,11 @@ impl UpstreamClient {
             .retry_canceled_requests(true)
             .set_host(true)
             .build(connector);
-        Self { client, header_timeout: limits.header_timeout, idle_timeout: limits.idle_timeout }
+        Self {
+            client,
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+        }
     }
 
     /// The per-read idle timeout for upstream bodies.
@@ -91,7 +98,11 @@ impl UpstreamClient {
         req: UpstreamRequest,
         client_body: &mut Option<Incoming>,
     ) -> Result<http::Response<Incoming>, UpstreamError> {
-        let uri: Uri = req.url.as_str().parse().map_err(|_| UpstreamError::Unreachable)?;
+        let uri: Uri = req
+            .url
+            .as_str()
+            .parse()
+            .map_err(|_| UpstreamError::Unreachable)?;
         let body: RequestBody = match req.body {
             UpstreamBody::Empty => Empty::new().map_err(|never| match never {}).boxed(),
             UpstreamBody::Bytes(b) => Full::new(b).map_err(|never| match never {}).boxed(),
@@ -153,7 +164,9 @@ fn classify_error(e: &hyper_util::client::legacy::Error) -> UpstreamError {
         if s.is::<ConnectTimeout>() {
             return UpstreamError::Timeout;
         }
-        if s.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
             return UpstreamError::Timeout;
         }
         source = s.source();
@@ -222,7 +235,10 @@ mod tests {
     }
 
     fn client(limits: &Limits, port: u16) -> UpstreamClient {
-        let dialler = GuardedConnector::with_exceptions(vec![("127.0.0.1".into(), port)], limits.connect_timeout);
+        let dialler = GuardedConnector::with_exceptions(
+            vec![("127.0.0.1".into(), port)],
+            limits.connect_timeout,
+        );
         UpstreamClient::new(crate::tls::client_config(None).unwrap(), limits, dialler)
     }
 
@@ -233,14 +249,20 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         drop(l);
         let c = client(&Limits::default(), port);
-        let err = c.send(request(&format!("http://127.0.0.1:{port}/v2/")), &mut None).await.unwrap_err();
+        let err = c
+            .send(request(&format!("http://127.0.0.1:{port}/v2/")), &mut None)
+            .await
+            .unwrap_err();
         assert_eq!(err, UpstreamError::Unreachable);
     }
 
     #[tokio::test]
     async fn loopback_without_exception_is_denied() {
         let c = client(&Limits::default(), 1);
-        let err = c.send(request("http://127.0.0.1:2/v2/"), &mut None).await.unwrap_err();
+        let err = c
+            .send(request("http://127.0.0.1:2/v2/"), &mut None)
+            .await
+            .unwrap_err();
         assert_eq!(err, UpstreamError::Denied);
     }
 
@@ -253,10 +275,16 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(5)).await;
             drop(s);
         });
-        let limits = Limits { header_timeout: Duration::from_millis(200), ..Limits::default() };
+        let limits = Limits {
+            header_timeout: Duration::from_millis(200),
+            ..Limits::default()
+        };
         let c = client(&limits, port);
         let t0 = std::time::Instant::now();
-        let err = c.send(request(&format!("http://127.0.0.1:{port}/v2/")), &mut None).await.unwrap_err();
+        let err = c
+            .send(request(&format!("http://127.0.0.1:{port}/v2/")), &mut None)
+            .await
+            .unwrap_err();
         assert_eq!(err, UpstreamError::Timeout);
         assert!(t0.elapsed() < Duration::from_secs(2));
         hold.abort();

@@ -13,7 +13,9 @@ fn is_rfc3339_seconds(s: &str) -> bool {
         && b[13] == b':'
         && b[16] == b':'
         && b[19] == b'Z'
-        && s.chars().enumerate().all(|(i, c)| [4, 7, 10, 13, 16, 19].contains(&i) || c.is_ascii_digit())
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| [4, 7, 10, 13, 16, 19].contains(&i) || c.is_ascii_digit())
 }
 
 #[tokio::test]
@@ -23,15 +25,31 @@ async fn compat_health_json_fields() {
         // Any host, unknown included.
         let r = request(server.addr, "GET", path, "unknown.invalid").await;
         assert_eq!(r.status, 200, "{path}");
-        assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/json")
+        );
         let text = r.text();
-        assert!(text.ends_with("}\n") && text.lines().count() == 1, "{text:?}");
-        assert!(text.starts_with("{\"status\":\"healthy\",\"timestamp\":"), "{text}");
+        assert!(
+            text.ends_with("}\n") && text.lines().count() == 1,
+            "{text:?}"
+        );
+        assert!(
+            text.starts_with("{\"status\":\"healthy\",\"timestamp\":"),
+            "{text}"
+        );
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["status"], "healthy");
-        assert!(is_rfc3339_seconds(v["timestamp"].as_str().unwrap()), "{}", v["timestamp"]);
+        assert!(
+            is_rfc3339_seconds(v["timestamp"].as_str().unwrap()),
+            "{}",
+            v["timestamp"]
+        );
         let uptime = v["uptime"].as_str().unwrap();
-        assert!(uptime.ends_with('s') && uptime.chars().next().unwrap().is_ascii_digit(), "{uptime}");
+        assert!(
+            uptime.ends_with('s') && uptime.chars().next().unwrap().is_ascii_digit(),
+            "{uptime}"
+        );
         assert_eq!(v["version"], dockerproxy_core::VERSION);
         assert_eq!(v.as_object().unwrap().len(), 4);
     }
@@ -44,11 +62,18 @@ async fn compat_head_health_has_no_body() {
     let r = request(server.addr, "HEAD", "/health", "docker.example.com").await;
     assert_eq!(r.status, 200);
     assert!(r.body.is_empty(), "{:?}", r.text());
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
     // The GET length is announced.
     let get = request(server.addr, "GET", "/health", "docker.example.com").await;
     let announced: usize = r.header("content-length").unwrap().parse().unwrap();
-    assert!(announced.abs_diff(get.body.len()) <= 3, "{announced} vs {}", get.body.len());
+    assert!(
+        announced.abs_diff(get.body.len()) <= 3,
+        "{announced} vs {}",
+        get.body.len()
+    );
     server.stop().await;
 }
 
@@ -74,7 +99,11 @@ async fn metrics_text_has_the_required_families() {
     let _ = request(server.addr, "GET", "/health", "x").await;
     let r = request(server.addr, "GET", "/metrics", "x").await;
     assert_eq!(r.status, 200);
-    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
     let text = r.text();
     for fam in [
         "requests_total",
@@ -91,7 +120,10 @@ async fn metrics_text_has_the_required_families() {
         "stale_served_total",
         "integrity_failures_total",
     ] {
-        assert!(text.contains(&format!("# TYPE dockerproxy_{fam} ")), "missing {fam}\n{text}");
+        assert!(
+            text.contains(&format!("# TYPE dockerproxy_{fam} ")),
+            "missing {fam}\n{text}"
+        );
     }
     assert!(text.contains("dockerproxy_requests_total{registry=\"none\",kind=\"other\",method=\"GET\",code=\"200\"}"), "{text}");
     server.stop().await;
@@ -123,7 +155,11 @@ async fn stats_json_has_go_docker_proxy_fields() {
 
 #[tokio::test]
 async fn stats_off_and_loopback_exposure() {
-    let server = Server::start(config(&[], Some("stats = \"off\"\nmetrics = \"loopback\"\n"))).await;
+    let server = Server::start(config(
+        &[],
+        Some("stats = \"off\"\nmetrics = \"loopback\"\n"),
+    ))
+    .await;
     let r = request(server.addr, "GET", "/stats", "x").await;
     assert_eq!(r.status, 404);
     // The test client is on loopback.
@@ -157,5 +193,8 @@ async fn run_returns_after_shutdown_and_stops_accepting() {
     let server = Server::start(config(&[], None)).await;
     let addr = server.addr;
     server.stop().await;
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener still open");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener still open"
+    );
 }

@@ -29,10 +29,18 @@ async fn header_read_timeout_really_fires() {
     // Half a request line, then silence (slowloris).
     s.write_all(b"GET /hea").await.unwrap();
     let t0 = Instant::now();
-    let got = tokio::time::timeout(Duration::from_secs(5), wait_closed(&mut s)).await.expect("server closed the connection");
+    let got = tokio::time::timeout(Duration::from_secs(5), wait_closed(&mut s))
+        .await
+        .expect("server closed the connection");
     let elapsed = t0.elapsed();
-    assert!(elapsed >= Duration::from_millis(250), "closed too early: {elapsed:?}");
-    assert!(elapsed < Duration::from_millis(1500), "closed too late: {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "closed too early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "closed too late: {elapsed:?}"
+    );
     // Whatever hyper answers (a 408 or nothing), it is never a 200.
     assert!(!String::from_utf8_lossy(&got).contains(" 200 "), "{got:?}");
     server.stop().await;
@@ -45,7 +53,9 @@ async fn a_silent_connection_is_closed_too() {
     let server = Server::start(cfg).await;
     let mut s = TcpStream::connect(server.addr).await.unwrap();
     let t0 = Instant::now();
-    tokio::time::timeout(Duration::from_secs(5), wait_closed(&mut s)).await.expect("server closed the idle connection");
+    tokio::time::timeout(Duration::from_secs(5), wait_closed(&mut s))
+        .await
+        .expect("server closed the idle connection");
     assert!(t0.elapsed() < Duration::from_millis(1500));
     server.stop().await;
 }
@@ -58,9 +68,17 @@ async fn a_complete_request_within_the_timeout_is_served() {
     let mut s = TcpStream::connect(server.addr).await.unwrap();
     s.write_all(b"GET /hea").await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    s.write_all(b"lth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), wait_closed(&mut s)).await.unwrap();
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200 "), "{}", String::from_utf8_lossy(&got));
+    s.write_all(b"lth HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), wait_closed(&mut s))
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     server.stop().await;
 }
 
@@ -74,6 +92,10 @@ async fn shutdown_drains_then_returns() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let t0 = Instant::now();
     server.signal_stop();
-    tokio::time::timeout(Duration::from_secs(20), &mut server.task).await.expect("run returned").unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(20), &mut server.task)
+        .await
+        .expect("run returned")
+        .unwrap()
+        .unwrap();
     assert!(t0.elapsed() < Duration::from_secs(16), "{:?}", t0.elapsed());
 }

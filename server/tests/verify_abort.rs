@@ -6,59 +6,22 @@
 
 mod common;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Server, config, raw_request};
+use common::{Server, proxy_config, raw_request, upstream};
 use dockerproxy_core::verifier::sha256_digest;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-
-/// Serves `body` with `Content-Length` for every request; `/v2/` answers 200 `{}`.
-async fn upstream(body: Bytes) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let body = body.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let body = body.clone();
-                    async move {
-                        let b = if req.uri().path().contains("/blobs/") { body } else { Bytes::from_static(b"{}") };
-                        let resp = hyper::Response::builder()
-                            .status(200)
-                            .header("content-type", "application/octet-stream")
-                            .header("docker-content-digest", "sha256:0000")
-                            .body(Full::new(b))
-                            .unwrap();
-                        Ok::<_, Infallible>(resp)
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-            });
-        }
-    });
-    addr
-}
-
-fn proxy_config(up: SocketAddr) -> dockerproxy_core::Config {
-    let toml = format!(
-        "[routes.\"local.test\"]\nupstream = \"http://{up}\"\nhost = \"local.example.com\"\ndevelopment = true\naddress_exceptions = [\"{up}\"]\n"
-    );
-    config(&[("CACHE_ENABLED", "false")], Some(&toml))
-}
 
 async fn pull(server: &Server, digest: &str) -> (common::Reply, bool) {
     let raw = format!(
         "GET /v2/team/app/blobs/{digest} HTTP/1.1\r\nHost: local.example.com\r\nConnection: close\r\n\r\n"
     );
-    tokio::time::timeout(Duration::from_secs(20), raw_request(server.addr, raw.as_bytes())).await.unwrap()
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        raw_request(server.addr, raw.as_bytes()),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -86,7 +49,12 @@ async fn wrong_bytes_abort_the_client_stream() {
     let server = Server::start(proxy_config(up)).await;
     let (reply, complete) = pull(&server, &digest).await;
     assert_eq!(reply.status, 200, "{}", reply.head);
-    assert!(!complete, "the client saw a clean end: {} body bytes\n{}", reply.body.len(), reply.head);
+    assert!(
+        !complete,
+        "the client saw a clean end: {} body bytes\n{}",
+        reply.body.len(),
+        reply.head
+    );
     assert!(reply.body.len() < expected.len());
     server.stop().await;
 
@@ -101,7 +69,14 @@ async fn wrong_bytes_abort_the_client_stream() {
     assert!(!complete, "{}", reply.head);
     assert!(reply.status == 0 || reply.status == 200, "{}", reply.head);
     assert!(reply.body.is_empty(), "{:?}", reply.body);
-    let metrics = common::request(server.addr, "GET", "/metrics", "x").await.text();
-    assert!(metrics.contains("dockerproxy_integrity_failures_total{registry=\"local.test\",kind=\"blob\"} 1"), "{metrics}");
+    let metrics = common::request(server.addr, "GET", "/metrics", "x")
+        .await
+        .text();
+    assert!(
+        metrics.contains(
+            "dockerproxy_integrity_failures_total{registry=\"local.test\",kind=\"blob\"} 1"
+        ),
+        "{metrics}"
+    );
     server.stop().await;
 }

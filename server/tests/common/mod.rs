@@ -3,12 +3,17 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use dockerproxy_core::Config;
 use dockerproxy_server::ServerState;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
@@ -16,8 +21,13 @@ use tokio::task::JoinHandle;
 
 /// A configuration from environment pairs and an optional TOML text.
 pub fn config(env: &[(&str, &str)], file: Option<&str>) -> Config {
-    let env: BTreeMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
-    dockerproxy_core::config::load(&env, file).expect("test configuration loads").0
+    let env: BTreeMap<String, String> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    dockerproxy_core::config::load(&env, file)
+        .expect("test configuration loads")
+        .0
 }
 
 /// A running in-process server.
@@ -38,10 +48,19 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(dockerproxy_server::run(vec![listener], state.clone(), async {
-            let _ = stopped.await;
-        }));
-        Self { addr, state, stop: Some(stop), task }
+        let task = tokio::spawn(dockerproxy_server::run(
+            vec![listener],
+            state.clone(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            state,
+            stop: Some(stop),
+            task,
+        }
     }
 
     /// Signals shutdown and waits for `run` to return.
@@ -49,7 +68,11 @@ impl Server {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        tokio::time::timeout(Duration::from_secs(20), &mut self.task).await.expect("run returns").unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+            .await
+            .expect("run returns")
+            .unwrap()
+            .unwrap();
     }
 
     /// Signals shutdown without waiting.
@@ -73,7 +96,9 @@ impl Reply {
     pub fn header(&self, name: &str) -> Option<String> {
         self.head.lines().skip(1).find_map(|l| {
             let (k, v) = l.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
         })
     }
 
@@ -102,24 +127,44 @@ pub async fn raw_request(addr: SocketAddr, raw: &[u8]) -> (Reply, bool) {
     s.write_all(raw).await.unwrap();
     let mut buf = Vec::new();
     // A reset counts as the end of what was received.
-    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await.expect("server answers");
+    let _ = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf))
+        .await
+        .expect("server answers");
     parse(&buf)
 }
 
 /// Parses what was received; no head at all gives status 0 and `complete == false`.
 fn parse(buf: &[u8]) -> (Reply, bool) {
     let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return (Reply { status: 0, head: String::from_utf8_lossy(buf).into_owned(), body: Vec::new() }, false);
+        return (
+            Reply {
+                status: 0,
+                head: String::from_utf8_lossy(buf).into_owned(),
+                body: Vec::new(),
+            },
+            false,
+        );
     };
     let head = String::from_utf8_lossy(&buf[..split]).into_owned();
     let rest = &buf[split + 4..];
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
-    let mut reply = Reply { status, head, body: Vec::new() };
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    let mut reply = Reply {
+        status,
+        head,
+        body: Vec::new(),
+    };
     let complete = if let Some(len) = reply.header("content-length") {
         let len: usize = len.parse().unwrap();
         reply.body = rest.to_vec();
         rest.len() == len
-    } else if reply.header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+    } else if reply
+        .header("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
         let (body, done) = dechunk(rest);
         reply.body = body;
         done
@@ -133,9 +178,12 @@ fn parse(buf: &[u8]) -> (Reply, bool) {
 fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
     let mut body = Vec::new();
     loop {
-        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else { return (body, false) };
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return (body, false);
+        };
         let size_text = String::from_utf8_lossy(&rest[..eol]).into_owned();
-        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16) else {
+        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+        else {
             return (body, false);
         };
         rest = &rest[eol + 2..];
@@ -149,4 +197,50 @@ fn dechunk(mut rest: &[u8]) -> (Vec<u8>, bool) {
         body.extend_from_slice(&rest[..size]);
         rest = rest.get(size + 2..).unwrap_or(&[]);
     }
+}
+
+/// A tiny upstream on 127.0.0.1: serves `body` (with `Content-Length`) for blob paths and
+/// `{}` for everything else.
+pub async fn upstream(body: Bytes) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let body = body.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        let b = if req.uri().path().contains("/blobs/") {
+                            body
+                        } else {
+                            Bytes::from_static(b"{}")
+                        };
+                        let resp = hyper::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/octet-stream")
+                            .header("docker-content-digest", "sha256:0000")
+                            .body(Full::new(b))
+                            .unwrap();
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A configuration routing `local.example.com` to the registry `local.test` at `up`.
+pub fn proxy_config(up: SocketAddr) -> Config {
+    let toml = format!(
+        "[routes.\"local.test\"]\nupstream = \"http://{up}\"\nhost = \"local.example.com\"\ndevelopment = true\naddress_exceptions = [\"{up}\"]\n"
+    );
+    config(&[("CACHE_ENABLED", "false")], Some(&toml))
 }
