@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use dockerproxy_core::exchange::{Action, CacheResult, RequestHead};
+use dockerproxy_core::exchange::{Access, Action, CacheResult, RequestHead};
 use dockerproxy_core::reference::Digest;
 use dockerproxy_core::{Config, Exchange, Timestamp};
 use http::{HeaderMap, HeaderValue, Method};
@@ -80,6 +80,8 @@ fn cached_manifest_hit_exchange(bencher: divan::Bencher<'_, '_>) {
                         digest: digest.clone(),
                         media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
                         body: body.clone(),
+                        access: Access { public: true, granted: false, linked: true },
+                        validated_at: None,
                     },
                     now,
                 ),

@@ -12,7 +12,8 @@ use http::{HeaderMap, Method, StatusCode};
 use url::Url;
 
 use crate::cache_policy::{CacheKey, XCache};
-use crate::reference::Digest;
+use crate::reference::{Digest, Name};
+use crate::token::Identity;
 
 /// The head of a client request, as the wrapper received it.
 #[derive(Clone, Debug)]
@@ -127,8 +128,8 @@ pub enum BodyPlan {
     Upstream {
         /// Digest to verify while streaming.
         verify: Option<Digest>,
-        /// Cache key to store under, if cacheable.
-        store: Option<CacheKey>,
+        /// Where to cache the verified complete body, if cacheable.
+        store: Option<StoreTarget>,
     },
     /// Serve from the cache store.
     Cache {
@@ -152,6 +153,49 @@ pub struct Response {
     pub x_cache: Option<XCache>,
 }
 
+/// Where a verified upstream body is cached: the key, and the repository it was fetched through
+/// (a blob becomes readable through that repository, COMPAT.md §8.6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreTarget {
+    /// Cache key.
+    pub key: CacheKey,
+    /// Repository the object was fetched through.
+    pub repository: Name,
+}
+
+/// A cache lookup: the key, plus what the store needs to answer the authorisation questions of
+/// COMPAT.md §8.6 for this request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheQuery {
+    /// Key.
+    pub key: CacheKey,
+    /// Repository of the request.
+    pub repository: Name,
+    /// The request's identity toward the upstream.
+    pub identity: Identity,
+}
+
+/// What the store knows about a request's right to a cached object (COMPAT.md §8.6).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Access {
+    /// The repository is public: a request without any credential succeeded upstream within
+    /// the manifest TTL.
+    pub public: bool,
+    /// This identity got a 2xx/3xx from the upstream for this repository within the decision
+    /// window (60 s).
+    pub granted: bool,
+    /// The object is linked to the repository: fetched through it, or listed in one of its
+    /// cached manifests. Tags are always linked to their own repository.
+    pub linked: bool,
+}
+
+impl Access {
+    /// True when a hit may be served without asking the upstream.
+    pub fn allows(self) -> bool {
+        self.linked && (self.public || self.granted)
+    }
+}
+
 /// What the cache store found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CacheResult {
@@ -161,8 +205,10 @@ pub enum CacheResult {
     Blob {
         /// Size in bytes.
         size: u64,
+        /// The request's access.
+        access: Access,
     },
-    /// A manifest is stored.
+    /// A manifest stored by digest (immutable), or the manifest a tag maps to.
     Manifest {
         /// Its digest.
         digest: Digest,
@@ -170,12 +216,32 @@ pub enum CacheResult {
         media_type: String,
         /// Bytes.
         body: Bytes,
+        /// The request's access.
+        access: Access,
+        /// For a tag: when the mapping was last validated upstream. `None` for digests.
+        validated_at: Option<crate::Timestamp>,
     },
+}
+
+/// A successful upstream answer for a repository, to remember as an authorisation proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessRecord {
+    /// Registry name.
+    pub registry: String,
+    /// Repository.
+    pub repository: Name,
+    /// Identity that succeeded.
+    pub identity: Identity,
+    /// The upstream request carried no credential at all (or only an anonymous token): the
+    /// repository is public.
+    pub anonymous: bool,
 }
 
 /// A verified manifest to store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestEntry {
+    /// Repository it was fetched through.
+    pub repository: Name,
     /// The key of the manifest by digest.
     pub key: CacheKey,
     /// The tag mapping key, when fetched by tag.
@@ -203,7 +269,13 @@ pub enum Action {
         limit: usize,
     },
     /// Look up the cache; answer with `handle_cache_result`.
-    CacheLookup(CacheKey),
+    CacheLookup(CacheQuery),
+    /// Remember an authorisation proof. No answer is expected.
+    RecordAccess(AccessRecord),
+    /// A cached tag mapping was confirmed upstream now (revalidation HEAD). No answer.
+    TagValidated(CacheKey),
+    /// Forget a tag mapping (the upstream answered 401/403/404 for it). No answer.
+    TagDrop(CacheKey),
     /// Store a verified manifest (by digest, and the tag mapping when `tag` is set). No answer is
     /// expected; a failure to store is the wrapper's to log.
     CacheStore(ManifestEntry),
@@ -236,6 +308,7 @@ pub enum Action {
 }
 
 mod auth;
+mod cache;
 mod credentials;
 mod forward;
 mod machine;

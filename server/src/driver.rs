@@ -142,14 +142,17 @@ pub async fn handle(
                 }
                 None => ex.handle_upstream_error(UpstreamError::BodyFailed, state::now()),
             },
-            Action::CacheLookup(key) => {
+            Action::CacheLookup(query) => {
                 if log.registry == "none" {
-                    log.registry = key_registry(&key).to_owned();
+                    log.registry = key_registry(&query.key).to_owned();
                 }
-                let result = state.store.lookup(&key).await;
+                let result = state.store.lookup(&query).await;
                 ex.handle_cache_result(result, state::now());
             }
             Action::CacheStore(entry) => state.store.store_manifest(entry),
+            Action::RecordAccess(record) => state.store.record_access(record),
+            Action::TagValidated(key) => state.store.tag_validated(&key),
+            Action::TagDrop(key) => state.store.tag_drop(&key),
             Action::TokenLookup(key) => {
                 let lookup = state.tokens.lookup(&key).await;
                 if lookup == TokenLookup::Fetch {

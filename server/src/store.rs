@@ -14,7 +14,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use dockerproxy_core::cache_policy::CacheKey;
-use dockerproxy_core::exchange::{CacheResult, ManifestEntry};
+use dockerproxy_core::exchange::{AccessRecord, CacheQuery, CacheResult, ManifestEntry};
 use http_body_util::combinators::BoxBody;
 
 use crate::upstream::BoxError;
@@ -61,8 +61,19 @@ pub struct StoreStats {
 
 /// The cache store as the server sees it.
 pub trait Store: Send + Sync + 'static {
-    /// Looks `key` up. A broken store answers [`CacheResult::Miss`].
-    fn lookup<'a>(&'a self, key: &'a CacheKey) -> StoreFuture<'a, CacheResult>;
+    /// Looks a key up, with the access facts of COMPAT.md §8.6 for the query's repository and
+    /// identity. A broken store answers [`CacheResult::Miss`].
+    fn lookup<'a>(&'a self, query: &'a CacheQuery) -> StoreFuture<'a, CacheResult>;
+
+    /// Remembers an authorisation proof (a repository served to an identity; public when
+    /// anonymous).
+    fn record_access(&self, record: AccessRecord);
+
+    /// A tag mapping was confirmed upstream now.
+    fn tag_validated(&self, key: &CacheKey);
+
+    /// Forgets a tag mapping.
+    fn tag_drop(&self, key: &CacheKey);
 
     /// Opens a stored body, optionally an inclusive byte range. `None` when it vanished.
     fn open<'a>(
@@ -85,9 +96,15 @@ pub trait Store: Send + Sync + 'static {
 pub struct NoopStore;
 
 impl Store for NoopStore {
-    fn lookup<'a>(&'a self, _key: &'a CacheKey) -> StoreFuture<'a, CacheResult> {
+    fn lookup<'a>(&'a self, _query: &'a CacheQuery) -> StoreFuture<'a, CacheResult> {
         Box::pin(async { CacheResult::Miss })
     }
+
+    fn record_access(&self, _record: AccessRecord) {}
+
+    fn tag_validated(&self, _key: &CacheKey) {}
+
+    fn tag_drop(&self, _key: &CacheKey) {}
 
     fn open<'a>(
         &'a self,

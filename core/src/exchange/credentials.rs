@@ -300,7 +300,10 @@ impl Exchange {
 
     fn resend_after_auth_at(&mut self, now: Timestamp) {
         self.hops = 0;
-        self.send_resource(now);
+        match self.check {
+            Some(check) => self.send_check(check, now),
+            None => self.send_resource(now),
+        }
     }
 }
 

@@ -6,9 +6,9 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use url::Url;
 
 use super::machine::{Exchange, Phase};
-use super::respond::{self, CONTENT_DIGEST, decorate, error_response, mark_private, oci};
+use super::respond::{self, decorate, error_response, mark_private, oci};
 use super::{
-    Action, BodyPlan, CacheResult, ManifestEntry, Purpose, Response, UpstreamBody, UpstreamError,
+    Action, BodyPlan, ManifestEntry, Purpose, Response, StoreTarget, UpstreamBody, UpstreamError,
     UpstreamHead, UpstreamRequest,
 };
 use crate::Timestamp;
@@ -36,6 +36,8 @@ pub(crate) enum Step {
     Token,
     /// The proxy's own token request (configured credentials).
     ProxyToken,
+    /// A HEAD proving access to, or revalidating, a cache hit.
+    Check,
 }
 
 /// Which body we asked for.
@@ -87,144 +89,12 @@ impl Exchange {
             return;
         }
         self.decide_proxy_auth();
-        if is_read && let Some(key) = self.cache_key() {
-            self.queue.push_back(Action::CacheLookup(key));
+        if is_read && let Some(query) = self.cache_query() {
+            self.queue.push_back(Action::CacheLookup(query));
             self.phase = Phase::Cache;
             return;
         }
         self.send_resource(now);
-    }
-
-    /// The cache key of a cacheable read, when the cache is on.
-    fn cache_key(&self) -> Option<CacheKey> {
-        if !self.config.cache.enabled {
-            return None;
-        }
-        let registry = self.registry().name.clone();
-        match self.request.as_ref()? {
-            RegistryRequest::Blob { digest, .. } => Some(CacheKey::Blob {
-                registry,
-                digest: digest.clone(),
-            }),
-            RegistryRequest::Manifest { name, reference } => Some(match reference {
-                Reference::Digest(d) => CacheKey::Manifest {
-                    registry,
-                    digest: d.clone(),
-                },
-                Reference::Tag(t) => CacheKey::Tag {
-                    registry,
-                    name: name.clone(),
-                    tag: t.clone(),
-                    accept: accept_class(&self.req.headers),
-                },
-            }),
-            _ => None,
-        }
-    }
-
-    pub(super) fn on_cache_result(&mut self, result: CacheResult, now: Timestamp) {
-        match result {
-            CacheResult::Miss => self.send_resource(now),
-            CacheResult::Blob { size } => self.respond_blob_hit(size),
-            CacheResult::Manifest {
-                digest,
-                media_type,
-                body,
-            } => self.respond_manifest(&digest, &media_type, body, XCache::Hit),
-        }
-    }
-
-    fn respond_blob_hit(&mut self, size: u64) {
-        let Some(RegistryRequest::Blob { digest, .. }) = self.request.clone() else {
-            return self.respond_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Unknown,
-                "cache mismatch",
-            );
-        };
-        let registry = self.registry().name.clone();
-        let key = CacheKey::Blob {
-            registry,
-            digest: digest.clone(),
-        };
-        let range = self
-            .req
-            .headers
-            .get(header::RANGE)
-            .map(HeaderValue::as_bytes);
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
-        );
-        headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-        insert_digest(&mut headers, &digest);
-        let (status, body, len) = match crate::range::decide(range, size) {
-            crate::range::RangeDecision::Full => {
-                (StatusCode::OK, BodyPlan::Cache { key, range: None }, size)
-            }
-            crate::range::RangeDecision::Partial { start, end } => {
-                if let Ok(v) = HeaderValue::from_str(&crate::range::content_range(start, end, size))
-                {
-                    headers.insert(header::CONTENT_RANGE, v);
-                }
-                (
-                    StatusCode::PARTIAL_CONTENT,
-                    BodyPlan::Cache {
-                        key,
-                        range: Some((start, end)),
-                    },
-                    end - start + 1,
-                )
-            }
-            crate::range::RangeDecision::Unsatisfiable => {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    headers.insert(header::CONTENT_RANGE, v);
-                }
-                (StatusCode::RANGE_NOT_SATISFIABLE, BodyPlan::Empty, 0)
-            }
-        };
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-        let body = if self.is_head() {
-            BodyPlan::Empty
-        } else {
-            body
-        };
-        let mut resp = Response {
-            status,
-            headers,
-            body,
-            x_cache: None,
-        };
-        let ns = self.namespace();
-        decorate(&mut resp, ns.as_deref(), Some(XCache::Hit));
-        self.respond(resp);
-    }
-
-    fn respond_manifest(&mut self, digest: &Digest, media_type: &str, body: Bytes, x: XCache) {
-        let mut headers = HeaderMap::new();
-        if let Ok(v) = HeaderValue::from_str(media_type) {
-            headers.insert(header::CONTENT_TYPE, v);
-        }
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        insert_digest(&mut headers, digest);
-        if let Ok(v) = HeaderValue::from_str(&format!("\"{digest}\"")) {
-            headers.insert(header::ETAG, v);
-        }
-        let body = if self.is_head() {
-            BodyPlan::Empty
-        } else {
-            BodyPlan::Bytes(body)
-        };
-        let mut resp = Response {
-            status: StatusCode::OK,
-            headers,
-            body,
-            x_cache: None,
-        };
-        let ns = self.namespace();
-        decorate(&mut resp, ns.as_deref(), Some(x));
-        self.respond(resp);
     }
 
     pub(super) fn send_resource(&mut self, now: Timestamp) {
@@ -323,10 +193,19 @@ impl Exchange {
             }
             Step::ProbeHead | Step::ProbeRange => return self.on_probe_head(step, head, now),
             Step::ProxyToken => return self.on_proxy_token_head(head),
+            Step::Check => return self.on_check_head(head, now),
             Step::Ping | Step::Resource => {}
         }
         let status = head.status.as_u16();
         let is_read = crate::request::is_read(self.method());
+        if matches!(step, Step::Resource)
+            && self.hops == 0
+            && is_read
+            && (200..400).contains(&status)
+        {
+            // The registry itself answered this identity: an authorisation proof (§8.6).
+            self.record_access();
+        }
         if redirect::is_redirect(status)
             && is_read
             && matches!(step, Step::Resource)
@@ -378,12 +257,15 @@ impl Exchange {
                 self.last_head = Some(head);
                 self.ask_body(BodyStep::Manifest, self.config.limits.max_manifest_bytes);
             }
-            Some(RegistryRequest::Blob { digest, .. }) if self.req.method == Method::GET => {
+            Some(RegistryRequest::Blob { name, digest }) if self.req.method == Method::GET => {
                 let full = ok;
                 let registry = self.registry().name.clone();
-                let store = (full && self.config.cache.enabled).then(|| CacheKey::Blob {
-                    registry,
-                    digest: digest.clone(),
+                let store = (full && self.config.cache.enabled).then(|| StoreTarget {
+                    key: CacheKey::Blob {
+                        registry,
+                        digest: digest.clone(),
+                    },
+                    repository: name,
                 });
                 let x = if store.is_some() {
                     XCache::Miss
@@ -417,7 +299,7 @@ impl Exchange {
             crate::headers::relay_response_headers(&head.headers)
         };
         if let Some(RegistryRequest::Blob { digest, .. }) = &self.request {
-            insert_digest(&mut headers, digest);
+            super::cache::insert_digest(&mut headers, digest);
             headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
         }
         if let Some(loc) = respond::header_str(&headers, "location").map(str::to_owned) {
@@ -577,13 +459,13 @@ impl Exchange {
         headers.insert(header::CONTENT_TYPE, ct);
         match &self.request {
             Some(RegistryRequest::Blob { digest, .. }) => {
-                insert_digest(&mut headers, digest);
+                super::cache::insert_digest(&mut headers, digest);
                 headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             }
             Some(RegistryRequest::Manifest {
                 reference: Reference::Digest(d),
                 ..
-            }) => insert_digest(&mut headers, d),
+            }) => super::cache::insert_digest(&mut headers, d),
             _ => {}
         }
         let mut resp = Response {
@@ -670,13 +552,14 @@ impl Exchange {
             let tag = match &reference {
                 Reference::Tag(t) => Some(CacheKey::Tag {
                     registry: registry.clone(),
-                    name,
+                    name: name.clone(),
                     tag: t.clone(),
                     accept: accept_class(&self.req.headers),
                 }),
                 Reference::Digest(_) => None,
             };
             self.queue.push_back(Action::CacheStore(ManifestEntry {
+                repository: name,
                 key: CacheKey::Manifest {
                     registry,
                     digest: digest.clone(),
@@ -694,6 +577,29 @@ impl Exchange {
     }
 
     /// Relays a 4xx (JSON bodies kept, others replaced by an OCI error) or a rewritten 401.
+    /// Relays an upstream failure seen on a HEAD or without its body: 5xx → 502 (keeping
+    /// `Retry-After`), 4xx → the status with a normalised OCI body (401 rewritten).
+    pub(super) fn respond_upstream_error(&mut self, head: UpstreamHead) {
+        if head.status.is_server_error() {
+            let mut resp = error_response(
+                &oci(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::Unavailable,
+                    "upstream unavailable",
+                ),
+                self.is_head(),
+            );
+            if let Some(ra) = head.headers.get(header::RETRY_AFTER) {
+                resp.headers.insert(header::RETRY_AFTER, ra.clone());
+            }
+            let ns = self.namespace();
+            let x = self.x_cache_default();
+            decorate(&mut resp, ns.as_deref(), x);
+            return self.respond(resp);
+        }
+        self.on_error_body(head, None);
+    }
+
     fn on_error_body(&mut self, head: UpstreamHead, body: Option<Bytes>) {
         let status = head.status;
         let mut headers = crate::headers::relay_response_headers(&head.headers);
@@ -785,13 +691,16 @@ impl Exchange {
         head_step: Option<Step>,
         body_step: Option<BodyStep>,
         err: UpstreamError,
-        _now: Timestamp,
+        now: Timestamp,
     ) {
         self.deadline = None;
         if matches!(head_step, Some(Step::ProxyToken))
             || matches!(body_step, Some(BodyStep::ProxyToken))
         {
             return self.proxy_token_failed();
+        }
+        if matches!(head_step, Some(Step::Check)) {
+            return self.on_check_error(err, now);
         }
         if let Some(BodyStep::Error) = body_step {
             // The error body was too large or broken: answer with a normalised error.
@@ -829,13 +738,6 @@ impl Exchange {
             ),
         };
         self.respond_error(status, code, msg);
-    }
-}
-
-/// Sets `Docker-Content-Digest`.
-fn insert_digest(headers: &mut HeaderMap, digest: &Digest) {
-    if let Ok(v) = HeaderValue::from_str(&digest.to_string()) {
-        headers.insert(CONTENT_DIGEST, v);
     }
 }
 

@@ -66,6 +66,10 @@ pub struct Exchange {
     pub(super) auth_form: Option<Bytes>,
     /// The proxy's own upstream auth (configured credentials).
     pub(super) proxy_auth: super::credentials::ProxyAuth,
+    /// A cache hit waiting for its proof or revalidation.
+    pub(super) hit: Option<super::cache::Hit>,
+    /// The check HEAD in flight for `hit`.
+    pub(super) check: Option<super::cache::Check>,
 }
 
 impl Exchange {
@@ -91,6 +95,8 @@ impl Exchange {
             last_head: None,
             auth_form: None,
             proxy_auth: super::credentials::ProxyAuth::default(),
+            hit: None,
+            check: None,
         }
     }
 

@@ -54,6 +54,9 @@ pub struct Transcript {
     pub local: Option<LocalEndpoint>,
     pub stored: Vec<ManifestEntry>,
     pub lookups: usize,
+    pub access: Vec<dockerproxy_core::exchange::AccessRecord>,
+    pub validated: Vec<dockerproxy_core::cache_policy::CacheKey>,
+    pub dropped: Vec<dockerproxy_core::cache_policy::CacheKey>,
 }
 
 impl Transcript {
@@ -149,7 +152,7 @@ pub fn drive_with(
     config: &Config,
     head: RequestHead,
     client_body: Option<Bytes>,
-    cache: impl FnMut(&dockerproxy_core::cache_policy::CacheKey) -> CacheResult,
+    cache: impl FnMut(&dockerproxy_core::exchange::CacheQuery) -> CacheResult,
     upstream: impl FnMut(&UpstreamRequest) -> Result<Reply, UpstreamError>,
 ) -> Transcript {
     let mut tokens = TokenCache::new(64);
@@ -171,7 +174,7 @@ pub fn drive_full(
     config: &Config,
     head: RequestHead,
     client_body: Option<Bytes>,
-    mut cache: impl FnMut(&dockerproxy_core::cache_policy::CacheKey) -> CacheResult,
+    mut cache: impl FnMut(&dockerproxy_core::exchange::CacheQuery) -> CacheResult,
     tokens: &mut TokenCache,
     mut upstream: impl FnMut(&UpstreamRequest) -> Result<Reply, UpstreamError>,
 ) -> Transcript {
@@ -184,6 +187,9 @@ pub fn drive_full(
         local: None,
         stored: Vec::new(),
         lookups: 0,
+        access: Vec::new(),
+        validated: Vec::new(),
+        dropped: Vec::new(),
     };
     let mut current_body = Bytes::new();
     for _ in 0..100 {
@@ -229,6 +235,9 @@ pub fn drive_full(
                 ex.handle_cache_result(r, NOW);
             }
             Action::CacheStore(entry) => t.stored.push(entry),
+            Action::RecordAccess(r) => t.access.push(r),
+            Action::TagValidated(k) => t.validated.push(k),
+            Action::TagDrop(k) => t.dropped.push(k),
             Action::TokenLookup(key) => {
                 let r = tokens.lookup(&key, NOW);
                 ex.handle_token_lookup(r, NOW);
