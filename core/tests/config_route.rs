@@ -1242,3 +1242,18 @@ proptest! {
         }
     }
 }
+
+/// The documented example configuration stays valid.
+#[test]
+fn example_config_file_loads() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config.example.toml")).unwrap();
+    let mut env = BTreeMap::new();
+    env.insert("CUSTOM_DOMAIN".to_owned(), "example.com".to_owned());
+    env.insert("DOCKERHUB_TOKEN".to_owned(), "dckr_pat_x".to_owned());
+    let (c, _) = dockerproxy_core::config::load(&env, Some(&text)).unwrap();
+    assert!(c.hide_routes);
+    assert_eq!(c.mirror_hosts, vec!["mirror.example.com".to_owned()]);
+    let hub = &c.registries[c.registry_by_name("docker.io").unwrap()];
+    assert_eq!(hub.credentials.as_ref().unwrap().secret, "dckr_pat_x");
+    assert!(c.route_host("nvcr.example.com").is_some());
+}
