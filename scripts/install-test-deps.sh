@@ -4,7 +4,11 @@
 # what is missing. Installing starts no daemon (policy-rc.d); tests start what they need.
 set -euo pipefail
 
-PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq nginx-light wrk)
+# Real clients of tests/tests/clients.rs: podman, containerd + ctr, dockerd (docker.io; it pulls
+# in iptables and runc). They run as root on the vfs driver, so neither uidmap nor fuse-overlayfs
+# is needed. `unshare` and `mount` (util-linux) are essential packages.
+PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq nginx-light wrk
+    podman containerd docker.io)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

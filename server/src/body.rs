@@ -1,5 +1,5 @@
-//! The client response body: empty, fixed bytes, a store body, or the upstream body streamed
-//! frame by frame.
+//! The client response body: empty, fixed bytes, a store body (a committed file or a fill in
+//! flight, see `cache::reader`), or the upstream body streamed frame by frame.
 //!
 //! Streaming is backpressured: a frame is read from upstream only when hyper asks for the next
 //! one, so a slow client slows the upstream read instead of growing a buffer. When a digest is
@@ -19,6 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::cache::fill::FillError;
 use crate::logging::{Outcome, RequestLog};
 use crate::store::StoreBody;
 
@@ -140,6 +141,19 @@ impl UpstreamStream {
     }
 }
 
+/// Maps a store body error: a fill's verification failure counts as an integrity failure
+/// (reported by the one reader that started the fill), anything else is a store failure.
+fn store_error(e: &(dyn std::error::Error + Send + Sync + 'static)) -> BodyError {
+    match e.downcast_ref::<FillError>() {
+        Some(FillError {
+            integrity: Some(v),
+            report: true,
+            ..
+        }) => BodyError::Integrity(v.clone()),
+        _ => BodyError::Store(e.to_string()),
+    }
+}
+
 enum Inner {
     Empty,
     Full(Option<Bytes>),
@@ -241,9 +255,7 @@ impl Body for ResponseBody {
             Inner::Store(body) => match Pin::new(body).poll_frame(cx) {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(None) => Poll::Ready(None),
-                Poll::Ready(Some(Err(e))) => {
-                    Poll::Ready(Some(Err(BodyError::Store(e.to_string()))))
-                }
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(store_error(&*e)))),
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => Poll::Ready(Some(Ok(data))),
                     // Trailers from the store are not expected; end the body there.

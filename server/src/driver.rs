@@ -21,6 +21,7 @@ use dockerproxy_core::Exchange;
 use dockerproxy_core::cache_policy::{CacheKey, XCache};
 use dockerproxy_core::exchange::{
     Action, BodyPlan, Purpose, RequestHead, Response as CoreResponse, UpstreamError, UpstreamHead,
+    UpstreamRequest,
 };
 use dockerproxy_core::oci_error::{ErrorCode, OciError};
 use dockerproxy_core::token::TokenLookup;
@@ -29,6 +30,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Versio
 use hyper::body::Incoming;
 
 use crate::body::{ResponseBody, UpstreamStream};
+use crate::store::{FillClaim, FillRequest};
 use crate::logging::{RequestLog, path_only};
 use crate::metrics::Source;
 use crate::state::{self, ServerState};
@@ -73,6 +75,13 @@ pub async fn handle(
     let mut current: Option<Current> = None;
     // A token fetch this exchange was granted; released if the request dies before storing it.
     let mut grant: Option<FetchGrant> = None;
+    // A blob fill claim from the lookup (single flight): held until the response is built, so
+    // concurrent lookups of the blob wait for this request's fill instead of going upstream.
+    let mut claim: Option<FillClaim> = None;
+    // The request that produced the current upstream body (a fill resumes with it).
+    let mut last_request: Option<UpstreamRequest> = None;
+    // Only a full GET fills the cache on a miss; HEAD and Range requests never lead.
+    let lead = method == Method::GET && !parts_headers.contains_key(header::RANGE);
     let mut ex = Exchange::new(state.config.clone(), head, state::now());
 
     for _ in 0..MAX_ACTIONS {
@@ -95,6 +104,7 @@ pub async fn handle(
                     state.metrics.redirect_followed(&req.registry);
                 }
                 let registry = req.registry.clone();
+                last_request = Some(req.clone());
                 let started = Instant::now();
                 let result = state.client.send(req, &mut client_body).await;
                 let elapsed = started.elapsed();
@@ -146,7 +156,10 @@ pub async fn handle(
                 if log.registry == "none" {
                     log.registry = key_registry(&query.key).to_owned();
                 }
-                let result = state.store.lookup(&query).await;
+                let (result, c) = state.store.lookup(&query, lead).await;
+                if c.is_some() {
+                    claim = c;
+                }
                 ex.handle_cache_result(result, state::now());
             }
             Action::CacheStore(entry) => state.store.store_manifest(entry),
@@ -184,7 +197,8 @@ pub async fn handle(
                 ex.handle_timeout(state::now());
             }
             Action::Respond(resp) => {
-                let response = respond(&state, &method, resp, current.take(), log).await;
+                let upstream = current.take().map(|cur| (cur, last_request.take()));
+                let response = respond(&state, &method, resp, upstream, claim.take(), log).await;
                 drain_after_respond(&state, &mut ex, &mut grant);
                 return response;
             }
@@ -219,6 +233,9 @@ fn drain_after_respond(state: &ServerState, ex: &mut Exchange, grant: &mut Optio
                 state.tokens.store(key, token);
             }
             Action::TokenInvalidate(key) => state.tokens.invalidate(&key),
+            Action::RecordAccess(record) => state.store.record_access(record),
+            Action::TagValidated(key) => state.store.tag_validated(&key),
+            Action::TagDrop(key) => state.store.tag_drop(&key),
             other => {
                 tracing::debug!(action = ?std::mem::discriminant(&other), "action after Respond ignored")
             }
@@ -227,11 +244,16 @@ fn drain_after_respond(state: &ServerState, ex: &mut Exchange, grant: &mut Optio
 }
 
 /// Turns the core's response into a hyper response.
+///
+/// A cacheable `200` blob (`BodyPlan::Upstream` with `verify` and `store`) is handed to the
+/// store's detached fill, and the client reads the growing file; without a store (or when the
+/// store cannot fill) the upstream body is relayed through the verifier directly.
 async fn respond(
     state: &ServerState,
     method: &Method,
     resp: CoreResponse,
-    current: Option<Current>,
+    upstream: Option<(Current, Option<UpstreamRequest>)>,
+    claim: Option<FillClaim>,
     mut log: RequestLog,
 ) -> Response<ResponseBody> {
     log.status = resp.status.as_u16();
@@ -243,6 +265,14 @@ async fn respond(
             XCache::Bypass => "bypass",
         };
         state.metrics.cache_request(&log.registry, log.kind, result);
+        let stale = resp
+            .headers
+            .get(header::WARNING)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("stale"));
+        if x == XCache::Hit && stale {
+            state.metrics.stale_served(&log.registry);
+        }
     }
     let mut headers = resp.headers;
     let body = match resp.body {
@@ -254,24 +284,46 @@ async fn respond(
             }
             ResponseBody::full(bytes)
         }
-        BodyPlan::Upstream { verify, store } => {
-            // TODO(cache): with `store` set, hand the upstream body to a detached fill here and
-            // stream the client from the growing file (DESIGN.md §4); the no-op store keeps none.
-            let _ = store;
-            match current {
-                Some(_) if method == Method::HEAD => ResponseBody::empty(),
-                Some(cur) => {
-                    log.source = Source::Upstream;
-                    let verifier = verify.map(|d| Verifier::new(d, cur.content_length));
-                    ResponseBody::upstream(UpstreamStream::new(
-                        cur.body,
-                        state.client.idle_timeout(),
-                        verifier,
-                    ))
+        BodyPlan::Upstream { verify, store } => match upstream {
+            Some(_) if method == Method::HEAD => ResponseBody::empty(),
+            Some((cur, request)) => {
+                log.source = Source::Upstream;
+                match (verify, store) {
+                    (Some(digest), Some(target)) if resp.status == StatusCode::OK => {
+                        let fill = FillRequest {
+                            target,
+                            digest,
+                            content_length: cur.content_length,
+                            body: cur.body,
+                            request,
+                            claim,
+                            client: state.client.clone(),
+                        };
+                        match state.store.start_fill(fill) {
+                            Ok(body) => ResponseBody::store(body),
+                            Err(back) => {
+                                let back = *back;
+                                let verifier = Verifier::new(back.digest, back.content_length);
+                                ResponseBody::upstream(UpstreamStream::new(
+                                    back.body,
+                                    state.client.idle_timeout(),
+                                    Some(verifier),
+                                ))
+                            }
+                        }
+                    }
+                    (verify, _) => {
+                        let verifier = verify.map(|d| Verifier::new(d, cur.content_length));
+                        ResponseBody::upstream(UpstreamStream::new(
+                            cur.body,
+                            state.client.idle_timeout(),
+                            verifier,
+                        ))
+                    }
                 }
-                None => return internal_error(log, "no upstream body to relay"),
             }
-        }
+            None => return internal_error(log, "no upstream body to relay"),
+        },
         BodyPlan::Cache { key, range } => match state.store.open(&key, range).await {
             Some(body) => {
                 log.source = Source::Cache;

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod body;
+pub mod cache;
 pub mod connect;
 pub mod driver;
 pub mod healthcheck;

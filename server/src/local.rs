@@ -78,6 +78,14 @@ pub fn render(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "{\"status\":\"not ready\",\"reason\":\"shutting down\"}\n".into(),
                 )
+            } else if let Some(reason) = &state.cache_disabled {
+                json(
+                    StatusCode::OK,
+                    format!(
+                        "{{\"status\":\"ready\",\"cache\":{}}}\n",
+                        js(&format!("disabled: {reason}"))
+                    ),
+                )
             } else {
                 json(StatusCode::OK, "{\"status\":\"ready\"}\n".into())
             }

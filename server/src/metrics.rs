@@ -345,7 +345,7 @@ impl Metrics {
             sample(
                 &mut out,
                 "coalesced_requests_total",
-                &[("kind", "all")],
+                &[("kind", "blob")],
                 store.deduplicated,
             );
         }

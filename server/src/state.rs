@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dockerproxy_core::{Config, Timestamp};
 
+use crate::cache::{DiskStore, Settings as CacheStoreSettings};
 use crate::connect::GuardedConnector;
 use crate::metrics::Metrics;
 use crate::store::{NoopStore, Store};
@@ -104,8 +105,10 @@ pub struct ServerState {
     pub options: ServerOptions,
     /// The upstream HTTP client (pooled).
     pub client: UpstreamClient,
-    /// The cache store (a no-op until the cache lands).
+    /// The cache store: the disk store, or a no-op when the cache is off or unusable.
     pub store: Arc<dyn Store>,
+    /// Why the cache is disabled although `CACHE_ENABLED` is on (`/readyz` reports it).
+    pub cache_disabled: Option<String>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// The shared upstream token cache.
@@ -138,11 +141,13 @@ impl ServerState {
         }
         let client =
             UpstreamClient::new(client_tls, &config.limits, GuardedConnector::new(&config));
+        let (store, cache_disabled) = open_store(&config);
         Ok(Self {
             config: Arc::new(config),
             options,
             client,
-            store: Arc::new(NoopStore),
+            store,
+            cache_disabled,
             metrics: Metrics::default(),
             tokens: Arc::new(Tokens::default()),
             tls_acceptor,
@@ -152,9 +157,10 @@ impl ServerState {
         })
     }
 
-    /// Replaces the cache store (the cache issue plugs its store in here).
+    /// Replaces the cache store.
     pub fn with_store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = store;
+        self.cache_disabled = None;
         self
     }
 
@@ -179,6 +185,30 @@ impl ServerState {
         match peer {
             Some(ip) => format!("{:08x}", self.client_key.hash_one(ip) >> 32),
             None => "-".to_owned(),
+        }
+    }
+}
+
+/// The disk store when `CACHE_ENABLED`; an unusable `CACHE_DIR` (not creatable, read-only,
+/// locked by another process) means serving without a cache, with the reason kept for
+/// `/readyz` and logged (COMPAT.md §2).
+fn open_store(config: &Config) -> (Arc<dyn Store>, Option<String>) {
+    if !config.cache.enabled {
+        return (Arc::new(NoopStore), None);
+    }
+    // A waiter on another request's fill claim waits at most as long as that request may take
+    // to get its upstream answer (connect + token + resource heads).
+    let limits = &config.limits;
+    let claim_wait = limits
+        .header_timeout
+        .saturating_mul(2)
+        .saturating_add(limits.connect_timeout);
+    let settings = CacheStoreSettings::from_config(&config.cache, claim_wait);
+    match DiskStore::open(&config.cache.dir, settings) {
+        Ok(store) => (Arc::new(store), None),
+        Err(reason) => {
+            tracing::error!(%reason, "cache disabled: serving from upstream without a cache");
+            (Arc::new(NoopStore), Some(reason))
         }
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! Most tests want [`TestBed::start`]: a seeded upstream in one of the [`Mode`]s.
 
+pub mod clients;
 pub mod content;
+pub mod corrupt;
 pub mod error;
 pub mod fault_front;
 pub mod pki;

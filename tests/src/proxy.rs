@@ -15,14 +15,24 @@ pub struct ProxyHandle {
     addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// The cache directory the proxy was given when the caller set none (removed on drop).
+    own_cache: Option<tempfile::TempDir>,
 }
 
 impl ProxyHandle {
     /// Starts the proxy with `CUSTOM_DOMAIN=example.test`, the given extra environment values and
-    /// TOML configuration text.
+    /// TOML configuration text. Without a `CACHE_DIR` in `env` the proxy gets a fresh temporary
+    /// cache directory, so tests never share cache state.
     pub fn start(env: &[(&str, &str)], toml: &str) -> FixtureResult<Self> {
         let mut map = BTreeMap::new();
         map.insert("CUSTOM_DOMAIN".to_owned(), "example.test".to_owned());
+        let own_cache = if env.iter().any(|(k, _)| *k == "CACHE_DIR") {
+            None
+        } else {
+            let dir = tempfile::Builder::new().prefix("dp-cache-").tempdir()?;
+            map.insert("CACHE_DIR".to_owned(), dir.path().display().to_string());
+            Some(dir)
+        };
         for (k, v) in env {
             map.insert((*k).to_owned(), (*v).to_owned());
         }
@@ -47,7 +57,7 @@ impl ProxyHandle {
                 .await;
             });
         })?;
-        Ok(Self { addr, shutdown: Some(tx), thread: Some(thread) })
+        Ok(Self { addr, shutdown: Some(tx), thread: Some(thread), own_cache })
     }
 
     /// The listening address.
@@ -63,6 +73,11 @@ impl ProxyHandle {
     /// `http://127.0.0.1:PORT`.
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The temporary cache directory, when the proxy got one.
+    pub fn cache_dir(&self) -> Option<&std::path::Path> {
+        self.own_cache.as_ref().map(tempfile::TempDir::path)
     }
 }
 
