@@ -30,10 +30,10 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Versio
 use hyper::body::Incoming;
 
 use crate::body::{ResponseBody, UpstreamStream};
-use crate::store::{FillClaim, FillRequest};
 use crate::logging::{RequestLog, path_only};
 use crate::metrics::Source;
 use crate::state::{self, ServerState};
+use crate::store::{FillClaim, FillRequest};
 use crate::tokens::FetchGrant;
 use crate::upstream;
 

@@ -85,7 +85,9 @@ async fn single_flight_n_concurrent_cold_pulls_make_one_upstream_get() {
     assert_eq!(v["cache"]["blob"]["count"], 1, "{v}");
     assert_eq!(v["cache"]["totalSize"], blob.len() as u64, "{v}");
     assert_eq!(v["cache"]["deduplication"], N as u64 - 1, "{v}");
-    let metrics = common::request(server.addr, "GET", "/metrics", "x").await.text();
+    let metrics = common::request(server.addr, "GET", "/metrics", "x")
+        .await
+        .text();
     assert!(
         metrics.contains(&format!(
             "dockerproxy_coalesced_requests_total{{kind=\"blob\"}} {}",
@@ -93,7 +95,10 @@ async fn single_flight_n_concurrent_cold_pulls_make_one_upstream_get() {
         )),
         "{metrics}"
     );
-    assert!(metrics.contains("dockerproxy_cache_objects{kind=\"blob\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("dockerproxy_cache_objects{kind=\"blob\"} 1"),
+        "{metrics}"
+    );
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -123,7 +128,9 @@ async fn wrong_bytes_abort_every_client_and_leave_nothing() {
     assert_eq!(up.count("GET", "/blobs/"), 1);
     assert!(committed(&dir).is_empty());
     assert!(eventually(|| temp_files(&dir) == 0).await, "temp file left");
-    let metrics = common::request(server.addr, "GET", "/metrics", "x").await.text();
+    let metrics = common::request(server.addr, "GET", "/metrics", "x")
+        .await
+        .text();
     assert!(
         metrics.contains(
             "dockerproxy_integrity_failures_total{registry=\"local.test\",kind=\"blob\"} 1"
@@ -226,9 +233,61 @@ async fn range_from_an_inflight_fill_and_from_a_committed_blob() {
     assert!(r.complete);
     assert_eq!(r.body, blob[1_000_000..].to_vec());
     assert_eq!(r.header("x-cache").as_deref(), Some("HIT"));
-    let r = pull(server.addr, &path, &format!("Range: bytes={}-\r\n", blob.len())).await;
+    let r = pull(
+        server.addr,
+        &path,
+        &format!("Range: bytes={}-\r\n", blob.len()),
+    )
+    .await;
     assert_eq!(r.status, 416, "{}", r.head);
     assert_eq!(up.count("GET", "/blobs/"), 1);
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_full_mid_fill_detaches_the_writer_and_clients_still_get_verified_bytes() {
+    use std::sync::Arc;
+
+    use dockerproxy_server::cache::{DiskStore, Settings};
+    use dockerproxy_server::{ServerOptions, ServerState};
+
+    let blob = bytes(2 << 20, 6);
+    let mut b = Behaviour::blob(blob.clone());
+    b.delay = Duration::from_millis(10);
+    let up = upstream(b).await;
+    let unused = temp_dir("disk-full-config");
+    let dir = temp_dir("disk-full");
+    let config = cache_config(up.addr, &unused, "");
+    let options = ServerOptions::from_config(&config);
+    let mut settings = Settings::from_config(&config.cache, Duration::from_secs(5));
+    settings.fail_writes_after = Some(512 * 1024);
+    let store = DiskStore::open(dir.to_str().unwrap(), settings).unwrap();
+    let state = ServerState::new(config, options)
+        .unwrap()
+        .with_store(Arc::new(store));
+    let server = Server::start_with_state(Arc::new(state)).await;
+    let path = blob_path(&blob);
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (addr, path) = (server.addr, path.clone());
+        tasks.push(tokio::spawn(async move { pull(addr, &path, "").await }));
+    }
+    for t in tasks {
+        let p = t.await.unwrap();
+        assert_eq!(p.status, 200, "{}", p.head);
+        assert!(p.complete, "{}", p.head);
+        assert!(p.body == blob.as_ref(), "bytes differ");
+    }
+    assert_eq!(up.count("GET", "/blobs/"), 1);
+    assert!(eventually(|| temp_files(&dir) == 0).await, "temp file left");
+    assert!(committed(&dir).is_empty(), "a detached fill committed");
+    // Nothing stored: the next pull fetches again (and the disk is still "full").
+    let p = pull(server.addr, &path, "").await;
+    assert_eq!(p.header("x-cache").as_deref(), Some("MISS"));
+    assert!(p.complete && p.body == blob.as_ref());
+    assert_eq!(up.count("GET", "/blobs/"), 2);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&unused);
 }

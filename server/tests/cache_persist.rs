@@ -113,8 +113,14 @@ async fn crash_leftovers_are_never_served() {
 
     let server = Server::start(cache_config(up.addr, &dir, "")).await;
     assert_eq!(temp_files(&dir), 0, "tmp/ not emptied");
-    assert!(!good_path.exists(), "a short committed file survived the start");
-    assert!(dir.join("blobs/sha256/zz/hello").exists(), "foreign files are left alone");
+    assert!(
+        !good_path.exists(),
+        "a short committed file survived the start"
+    );
+    assert!(
+        dir.join("blobs/sha256/zz/hello").exists(),
+        "foreign files are left alone"
+    );
 
     let p = pull(server.addr, &blob_path(&good), "").await;
     assert_eq!(p.header("x-cache").as_deref(), Some("MISS"), "{}", p.head);
@@ -162,9 +168,14 @@ async fn eviction_under_a_small_cap_is_lru_by_last_read() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let p = pull(server.addr, &blob_path(&blobs[2]), "").await;
     assert!(p.complete);
-    assert!(eventually(|| file(2).exists() && !file(1).exists()).await, "blob 1 not evicted");
+    assert!(
+        eventually(|| file(2).exists() && !file(1).exists()).await,
+        "blob 1 not evicted"
+    );
     assert!(file(0).exists());
-    let metrics = common::request(server.addr, "GET", "/metrics", "x").await.text();
+    let metrics = common::request(server.addr, "GET", "/metrics", "x")
+        .await
+        .text();
     assert!(
         metrics.contains("dockerproxy_cache_evictions_total{kind=\"blob\"} 1"),
         "{metrics}"
@@ -197,7 +208,10 @@ async fn unusable_cache_dir_serves_from_upstream_and_reports_it() {
     assert_eq!(ready.status, 200);
     let v: serde_json::Value = serde_json::from_str(&ready.text()).unwrap();
     assert_eq!(v["status"], "ready");
-    assert!(v["cache"].as_str().unwrap().starts_with("disabled: "), "{v}");
+    assert!(
+        v["cache"].as_str().unwrap().starts_with("disabled: "),
+        "{v}"
+    );
     for _ in 0..2 {
         let p = pull(server.addr, &blob_path(&blob), "").await;
         assert_eq!(p.status, 200, "{}", p.head);
@@ -233,6 +247,7 @@ fn one_process_per_cache_dir() {
         max_size: 0,
         claim_wait: Duration::from_secs(1),
         sweep_every: Duration::from_secs(60),
+        fail_writes_after: None,
     };
     let first = DiskStore::open(dir.to_str().unwrap(), settings()).unwrap();
     let second = DiskStore::open(dir.to_str().unwrap(), settings());

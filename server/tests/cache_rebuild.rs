@@ -47,6 +47,7 @@ fn rebuild_of_100k_entries_is_timed() {
         max_size: 0,
         claim_wait: Duration::from_secs(1),
         sweep_every: Duration::from_secs(60),
+        fail_writes_after: None,
     };
     let t1 = Instant::now();
     let store = DiskStore::open(dir.to_str().unwrap(), settings).unwrap();

@@ -17,7 +17,10 @@ use crate::store::{FillClaim, FillRequest, StoreBody};
 
 impl Inner {
     /// Registers and spawns a fill; the leader's body reads it.
-    fn start_fill(self: &Arc<Self>, req: FillRequest) -> Result<StoreBody, Box<FillRequest>> {
+    pub(super) fn start_fill(
+        self: &Arc<Self>,
+        req: FillRequest,
+    ) -> Result<StoreBody, Box<FillRequest>> {
         let FillRequest {
             target,
             digest,

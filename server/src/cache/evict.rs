@@ -75,7 +75,7 @@ mod maintain {
     use super::super::{Inner, busy, now_ms};
 
     impl Inner {
-        fn ensure_sweeper(self: &Arc<Self>) {
+        pub(in crate::cache) fn ensure_sweeper(self: &Arc<Self>) {
             if self.sweeper.swap(true, Ordering::AcqRel) {
                 return;
             }
@@ -95,13 +95,13 @@ mod maintain {
         }
 
         /// Expiry, grant purge, cap, journal compaction and sync.
-        fn sweep(&self) {
+        pub(in crate::cache) fn sweep(&self) {
             let now = now_ms();
             let expired = {
                 let mut st = self.lock();
                 st.index.purge_grants(now);
                 let busy = busy(&st);
-                evict::expired(&st.index, &busy, now, self.settings.blob_ttl_ms)
+                super::expired(&st.index, &busy, now, self.settings.blob_ttl_ms)
             };
             self.remove_entries(&expired, now);
             self.enforce_cap();
@@ -119,7 +119,7 @@ mod maintain {
         }
 
         /// Evicts blobs while the total is over the cap.
-        fn enforce_cap(&self) {
+        pub(in crate::cache) fn enforce_cap(&self) {
             if self.settings.max_size == 0 {
                 return;
             }
@@ -127,7 +127,7 @@ mod maintain {
             let victims = {
                 let st = self.lock();
                 let busy = busy(&st);
-                evict::over_cap(&st.index, &busy, self.settings.max_size)
+                super::over_cap(&st.index, &busy, self.settings.max_size)
             };
             if !victims.is_empty() {
                 self.remove_entries(&victims, now);
@@ -136,7 +136,7 @@ mod maintain {
         }
 
         /// Forgets entries (journalled) and deletes their files.
-        fn remove_entries(&self, digests: &[Digest], now: u64) {
+        pub(in crate::cache) fn remove_entries(&self, digests: &[Digest], now: u64) {
             if digests.is_empty() {
                 return;
             }
@@ -148,7 +148,11 @@ mod maintain {
                 for d in digests {
                     // Re-check under the lock: a reader or a fill may have started meanwhile.
                     let skip = busy.contains(d)
-                        || st.index.entries.get(d).is_none_or(|e| e.readers > 0 || !e.on_disk);
+                        || st
+                            .index
+                            .entries
+                            .get(d)
+                            .is_none_or(|e| e.readers > 0 || !e.on_disk);
                     if skip {
                         continue;
                     }
@@ -175,11 +179,16 @@ mod maintain {
         }
 
         /// A committed file that is missing or has another size: forget it.
-        fn drop_corrupt(&self, digest: &Digest, why: &str) {
+        pub(in crate::cache) fn drop_corrupt(&self, digest: &Digest, why: &str) {
             tracing::warn!(%digest, why, "cache entry dropped");
             let mut st = self.lock();
             if st.index.remove(digest).is_some() {
-                self.journal(&mut st, &[Record::Evict { d: digest.to_string() }]);
+                self.journal(
+                    &mut st,
+                    &[Record::Evict {
+                        d: digest.to_string(),
+                    }],
+                );
             }
             drop(st);
             let _ = std::fs::remove_file(self.layout.content(digest));

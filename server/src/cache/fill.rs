@@ -333,7 +333,17 @@ async fn write_out(
     if !fill.is_detached() {
         let file = fill.file.clone();
         let chunk = data.clone();
-        let r = tokio::task::spawn_blocking(move || file.write_all_at(&chunk, offset)).await;
+        let injected = inner
+            .settings
+            .fail_writes_after
+            .is_some_and(|n| offset + len > n);
+        let r = tokio::task::spawn_blocking(move || {
+            if injected {
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+            file.write_all_at(&chunk, offset)
+        })
+        .await;
         match r {
             Ok(Ok(())) => {
                 w.released += len;

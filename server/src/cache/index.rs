@@ -271,7 +271,12 @@ impl Index {
             return;
         }
         if self.hot_bytes + body.len() > HOT_BYTES {
-            let drop: Vec<Digest> = self.hot.keys().take(self.hot.len() / 2 + 1).cloned().collect();
+            let drop: Vec<Digest> = self
+                .hot
+                .keys()
+                .take(self.hot.len() / 2 + 1)
+                .cloned()
+                .collect();
             for d in drop {
                 self.unset_hot(&d);
             }
@@ -378,10 +383,8 @@ impl Index {
                 self.grants.clear();
             }
         }
-        self.grants.insert(
-            (registry.to_owned(), repo.clone(), identity.clone()),
-            now,
-        );
+        self.grants
+            .insert((registry.to_owned(), repo.clone(), identity.clone()), now);
         if !anonymous {
             return false;
         }
@@ -454,7 +457,9 @@ pub fn manifest_children(body: &[u8]) -> Vec<Digest> {
     };
     let mut out = Vec::new();
     let mut push = |x: Option<&serde_json::Value>| {
-        if let Some(d) = x.and_then(|d| d.as_str()).and_then(|d| Digest::parse(d).ok())
+        if let Some(d) = x
+            .and_then(|d| d.as_str())
+            .and_then(|d| Digest::parse(d).ok())
             && !out.contains(&d)
         {
             out.push(d);
@@ -525,13 +530,19 @@ mod tests {
         assert!(!i.record_access("r", &repo, &Identity::Anonymous, true, 2000, 60_000));
         let a = i.access("r", &repo, &client, Some(&d('a')), 2000, 600_000);
         assert!(a.public && a.linked && !a.granted);
-        assert!(!i.access("r", &repo, &client, Some(&d('b')), 2000, 600_000).linked);
+        assert!(
+            !i.access("r", &repo, &client, Some(&d('b')), 2000, 600_000)
+                .linked
+        );
         // Public expires with the manifest TTL; grants after 60 s.
         assert!(!i.access("r", &repo, &client, None, 700_000, 600_000).public);
         i.record_access("r", &repo, &client, false, 5000, 60_000);
         assert!(i.access("r", &repo, &client, None, 64_999, 600_000).granted);
         assert!(!i.access("r", &repo, &client, None, 65_000, 600_000).granted);
-        assert!(!i.access("r", &repo, &Identity::Client(8), None, 6000, 600_000).granted);
+        assert!(
+            !i.access("r", &repo, &Identity::Client(8), None, 6000, 600_000)
+                .granted
+        );
     }
 
     #[test]
@@ -550,7 +561,9 @@ mod tests {
         assert_eq!(i.blob("r", &d('a')), Some(10));
         assert!(!i.entries.contains_key(&d('b')));
         assert!(!i.entries.contains_key(&d('c')));
-        i.replay(Record::Evict { d: d('a').to_string() });
+        i.replay(Record::Evict {
+            d: d('a').to_string(),
+        });
         assert_eq!(i.blob("r", &d('a')), None);
         assert!(i.entries[&d('a')].is_orphan());
     }

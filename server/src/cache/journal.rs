@@ -223,7 +223,9 @@ mod tests {
             n: "library/alpine".into(),
             at: 5,
         };
-        let b = Record::Evict { d: "sha256:00".into() };
+        let b = Record::Evict {
+            d: "sha256:00".into(),
+        };
         j.append(&[a.clone(), b.clone()]).unwrap();
         drop(j);
         // A crash in the middle of a write leaves a torn line.

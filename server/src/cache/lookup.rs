@@ -6,6 +6,7 @@
 //! they join, or is released, when one of them becomes the new leader. Every waiter is answered
 //! with its own access facts, so the exchange still checks each one.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
@@ -21,10 +22,10 @@ use super::{Inner, Slot, now_ms};
 use crate::store::FillClaim;
 
 /// The store's [`FillClaim`] guard: dropping it releases the claim unless it became a fill.
-struct ClaimGuard {
+pub(super) struct ClaimGuard {
     inner: Weak<Inner>,
     key: (String, Digest),
-    id: u64,
+    pub(super) id: u64,
 }
 
 impl Drop for ClaimGuard {
@@ -211,7 +212,7 @@ impl Inner {
         })
     }
 
-    async fn lookup(
+    pub(super) async fn lookup(
         self: &Arc<Self>,
         query: &CacheQuery,
         lead: bool,

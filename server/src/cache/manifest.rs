@@ -16,7 +16,7 @@ use super::journal::Record;
 use super::{Inner, now_ms};
 
 impl Inner {
-    fn store_manifest(self: &Arc<Self>, entry: ManifestEntry) {
+    pub(super) fn store_manifest(self: &Arc<Self>, entry: ManifestEntry) {
         let ManifestEntry {
             repository,
             key,
@@ -75,7 +75,8 @@ impl Inner {
         let write = move || -> std::io::Result<()> {
             if !on_disk {
                 let path = this.layout.content(&digest);
-                let present = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size);
+                let present =
+                    std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == size);
                 if !present {
                     use std::io::Write;
                     let id = this.next_id.fetch_add(1, Ordering::Relaxed);

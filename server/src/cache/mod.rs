@@ -31,26 +31,22 @@ use self::lookup::ClaimGuard;
 pub use self::open::ReadGuard;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use bytes::Bytes;
-use dockerproxy_core::Timestamp;
 use dockerproxy_core::cache_policy::CacheKey;
 use dockerproxy_core::config::CacheSettings;
 use dockerproxy_core::exchange::{AccessRecord, CacheQuery, CacheResult, ManifestEntry};
 use dockerproxy_core::reference::{Digest, Name};
 use dockerproxy_core::token::Identity;
-use http_body_util::{BodyExt, Full};
 use tokio::sync::watch;
 
 use self::fill::Fill;
-use self::index::{Index, TagEntry};
+use self::index::Index;
 use self::journal::{Journal, Record};
 use self::layout::Layout;
-use self::reader::ReadSource;
 use self::stats::Counters;
 use crate::store::{FillClaim, FillRequest, Store, StoreBody, StoreFuture, StoreStats};
 
@@ -70,6 +66,8 @@ pub struct Settings {
     pub claim_wait: Duration,
     /// Period of the expiry sweep.
     pub sweep_every: Duration,
+    /// Fault injection for tests: fill writes past this offset fail as if the disk were full.
+    pub fail_writes_after: Option<u64>,
 }
 
 impl Settings {
@@ -88,6 +86,7 @@ impl Settings {
             max_size: c.max_size,
             claim_wait,
             sweep_every: sweep,
+            fail_writes_after: None,
         }
     }
 }
@@ -145,13 +144,6 @@ fn now_ms() -> u64 {
     crate::state::now().as_millis()
 }
 
-
-
-
-
-
-
-
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic under the lock leaves consistent-enough data (plain maps): keep serving.
@@ -177,22 +169,6 @@ impl Inner {
             self.disk_error("journal append", &e);
         }
     }
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
     fn stats(&self) -> StoreStats {
         let st = self.lock();

@@ -34,7 +34,11 @@ impl Drop for ReadGuard {
 }
 
 impl Inner {
-    fn open_file(self: &Arc<Self>, digest: &Digest, size: u64) -> Option<(Arc<File>, ReadGuard)> {
+    pub(super) fn open_file(
+        self: &Arc<Self>,
+        digest: &Digest,
+        size: u64,
+    ) -> Option<(Arc<File>, ReadGuard)> {
         let file = File::open(self.layout.content(digest)).ok()?;
         let meta = file.metadata().ok()?;
         if !meta.is_file() || meta.len() != size {
@@ -54,7 +58,11 @@ impl Inner {
         ))
     }
 
-    async fn open(self: &Arc<Self>, key: &CacheKey, range: Option<(u64, u64)>) -> Option<StoreBody> {
+    pub(super) async fn open(
+        self: &Arc<Self>,
+        key: &CacheKey,
+        range: Option<(u64, u64)>,
+    ) -> Option<StoreBody> {
         let bounds = |size: u64| -> Option<(u64, u64)> {
             match range {
                 None => Some((0, size)),
@@ -106,9 +114,7 @@ impl Inner {
                     return None;
                 }
                 let (start, end) = bounds(size)?;
-                let part = body.slice(
-                    usize::try_from(start).ok()?..usize::try_from(end).ok()?,
-                );
+                let part = body.slice(usize::try_from(start).ok()?..usize::try_from(end).ok()?);
                 Some(Full::new(part).map_err(|never| match never {}).boxed())
             }
             CacheKey::Tag { .. } => None,

@@ -107,7 +107,9 @@ impl DiskStore {
 /// Creates, writes and removes a file in `tmp/`.
 fn probe_writable(layout: &Layout) -> std::io::Result<()> {
     use std::io::Write;
-    let p = layout.tmp_dir().join(format!("probe-{}", std::process::id()));
+    let p = layout
+        .tmp_dir()
+        .join(format!("probe-{}", std::process::id()));
     let mut f = File::create(&p)?;
     f.write_all(b"probe")?;
     drop(f);

@@ -159,7 +159,8 @@ async fn serve(
     tokio::time::sleep(b.head_delay).await;
     let head = req.method() == hyper::Method::HEAD;
     let (tx, rx) = mpsc::channel(4);
-    let builder = hyper::Response::builder().header("docker-distribution-api-version", "registry/2.0");
+    let builder =
+        hyper::Response::builder().header("docker-distribution-api-version", "registry/2.0");
     if path.contains("/manifests/") {
         let Some((m, mt)) = b.manifest.clone() else {
             drop(tx);
@@ -210,7 +211,10 @@ async fn serve(
         .header("content-type", "application/octet-stream")
         .header("content-length", total - from);
     if status == 206 {
-        builder = builder.header("content-range", format!("bytes {from}-{}/{total}", total - 1));
+        builder = builder.header(
+            "content-range",
+            format!("bytes {from}-{}/{total}", total - 1),
+        );
     }
     // The first full GET is cut after `cut_after` bytes.
     let cut = match b.cut_after {
@@ -291,7 +295,9 @@ pub fn committed(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.join("blobs")];
     while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {
@@ -399,8 +405,7 @@ pub async fn pull(addr: SocketAddr, path: &str, extra: &str) -> Pull {
     };
     p.complete = clean
         && head_end.is_some()
-        && p
-            .header("content-length")
+        && p.header("content-length")
             .and_then(|v| v.parse::<usize>().ok())
             .is_some_and(|n| n == p.body.len());
     p
