@@ -151,7 +151,9 @@ static char *ngx_http_dp_init_main_conf(ngx_conf_t *cf, void *conf) {
     size_t text_len = 0;
     char err[1024];
 
-    if (mcf->upstream_location.len == 0) ngx_str_set(&mcf->upstream_location, "/_dp_upstream");
+    if (mcf->upstream_location.len == 0) {
+        ngx_str_set(&mcf->upstream_location, "/_dp_upstream");
+    }
     if (mcf->config_path.len == 0 && mcf->env->nelts == 0) return NGX_CONF_OK; /* module unused */
 
     if (mcf->config_path.len > 0) {

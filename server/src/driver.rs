@@ -197,6 +197,11 @@ pub async fn handle(
                 ex.handle_timeout(state::now());
             }
             Action::Respond(resp) => {
+                if log.registry == "none"
+                    && let Some(name) = ex.registry_name()
+                {
+                    name.clone_into(&mut log.registry);
+                }
                 let upstream = current.take().map(|cur| (cur, last_request.take()));
                 let response = respond(&state, &method, resp, upstream, claim.take(), log).await;
                 drain_after_respond(&state, &mut ex, &mut grant);

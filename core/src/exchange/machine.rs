@@ -169,6 +169,12 @@ impl Exchange {
         }
     }
 
+    /// The canonical name of the registry the request was routed to, once routed (for logs
+    /// and metrics labels).
+    pub fn registry_name(&self) -> Option<&str> {
+        self.routed.as_ref().map(|r| self.config.registries[r.registry].name.as_str())
+    }
+
     /// The client's method.
     pub(super) fn method(&self) -> &Method {
         &self.req.method
