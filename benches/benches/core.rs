@@ -80,7 +80,11 @@ fn cached_manifest_hit_exchange(bencher: divan::Bencher<'_, '_>) {
                         digest: digest.clone(),
                         media_type: "application/vnd.oci.image.manifest.v1+json".to_owned(),
                         body: body.clone(),
-                        access: Access { public: true, granted: false, linked: true },
+                        access: Access {
+                            public: true,
+                            granted: false,
+                            linked: true,
+                        },
                         validated_at: None,
                     },
                     now,

@@ -14,7 +14,8 @@ use http::Method;
 use support::*;
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
-const BODY: &str = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
+const BODY: &str =
+    r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}"#;
 
 fn cfg() -> dockerproxy_core::Config {
     let mut c = config();
@@ -26,10 +27,21 @@ fn digest() -> Digest {
     Digest::parse(&sha256(BODY.as_bytes())).unwrap()
 }
 
-const PUBLIC: Access = Access { public: true, granted: false, linked: true };
-const UNPROVEN: Access = Access { public: false, granted: false, linked: true };
+const PUBLIC: Access = Access {
+    public: true,
+    granted: false,
+    linked: true,
+};
+const UNPROVEN: Access = Access {
+    public: false,
+    granted: false,
+    linked: true,
+};
 
-fn manifest_hit(access: Access, validated_at: Option<Timestamp>) -> impl FnMut(&CacheQuery) -> CacheResult {
+fn manifest_hit(
+    access: Access,
+    validated_at: Option<Timestamp>,
+) -> impl FnMut(&CacheQuery) -> CacheResult {
     move |_| CacheResult::Manifest {
         digest: digest(),
         media_type: OCI.to_owned(),
@@ -40,7 +52,12 @@ fn manifest_hit(access: Access, validated_at: Option<Timestamp>) -> impl FnMut(&
 }
 
 fn tag_req(headers: &[(&str, &str)]) -> dockerproxy_core::exchange::RequestHead {
-    request(Method::GET, "docker.example.com", "/v2/library/busybox/manifests/latest", headers)
+    request(
+        Method::GET,
+        "docker.example.com",
+        "/v2/library/busybox/manifests/latest",
+        headers,
+    )
 }
 
 fn run(
@@ -54,11 +71,18 @@ fn run(
 
 #[test]
 fn compat_44_fresh_public_tag_is_a_hit_without_upstream() {
-    let t = run(tag_req(&[("accept", OCI)]), manifest_hit(PUBLIC, Some(NOW)), no_upstream);
+    let t = run(
+        tag_req(&[("accept", OCI)]),
+        manifest_hit(PUBLIC, Some(NOW)),
+        no_upstream,
+    );
     assert_eq!(t.status(), 200);
     assert_eq!(t.header("x-cache").unwrap(), "HIT");
     assert_eq!(t.body_str(), BODY);
-    assert_eq!(t.header("docker-content-digest").unwrap(), digest().to_string());
+    assert_eq!(
+        t.header("docker-content-digest").unwrap(),
+        digest().to_string()
+    );
     assert_eq!(t.header("content-type").unwrap(), OCI);
 }
 
@@ -66,7 +90,11 @@ fn compat_44_fresh_public_tag_is_a_hit_without_upstream() {
 fn lookup_carries_key_repository_and_identity() {
     let mut seen = Vec::new();
     let _ = run(
-        tag_req(&[("accept", OCI), ("accept", "application/vnd.oci.image.index.v1+json"), ("authorization", "Bearer x")]),
+        tag_req(&[
+            ("accept", OCI),
+            ("accept", "application/vnd.oci.image.index.v1+json"),
+            ("authorization", "Bearer x"),
+        ]),
         |q| {
             seen.push(q.clone());
             CacheResult::Miss
@@ -77,9 +105,14 @@ fn lookup_carries_key_repository_and_identity() {
     assert_eq!(q.repository.as_str(), "library/busybox");
     assert!(matches!(q.identity, Identity::Client(_)));
     match &q.key {
-        CacheKey::Tag { registry, accept, .. } => {
+        CacheKey::Tag {
+            registry, accept, ..
+        } => {
             assert_eq!(registry, "docker.io");
-            assert_eq!(accept, "application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json");
+            assert_eq!(
+                accept,
+                "application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json"
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -89,23 +122,36 @@ fn lookup_carries_key_repository_and_identity() {
 fn compat_48_unproven_hit_asks_upstream_as_the_client_and_sends_no_cached_byte_on_401() {
     let t = run(tag_req(&[]), manifest_hit(UNPROVEN, Some(NOW)), |req| {
         assert_eq!(req.method, Method::HEAD);
-        Ok(Reply::new(401).header("www-authenticate", r#"Bearer realm="https://auth.test/token",service="s""#))
+        Ok(Reply::new(401).header(
+            "www-authenticate",
+            r#"Bearer realm="https://auth.test/token",service="s""#,
+        ))
     });
     assert_eq!(t.status(), 401);
     assert!(!t.body_str().contains("schemaVersion"));
-    assert!(t.header("www-authenticate").unwrap().contains("docker.example.com/v2/auth"));
-    let t = run(tag_req(&[]), manifest_hit(UNPROVEN, Some(NOW)), |_| Ok(Reply::new(403)));
+    assert!(
+        t.header("www-authenticate")
+            .unwrap()
+            .contains("docker.example.com/v2/auth")
+    );
+    let t = run(tag_req(&[]), manifest_hit(UNPROVEN, Some(NOW)), |_| {
+        Ok(Reply::new(403))
+    });
     assert_eq!(t.status(), 403);
     assert!(!t.body_str().contains("schemaVersion"));
 }
 
 #[test]
 fn unproven_hit_served_after_a_successful_head_and_recorded() {
-    let t = run(tag_req(&[("authorization", "Bearer good")]), manifest_hit(UNPROVEN, Some(NOW)), |req| {
-        assert_eq!(req.method, Method::HEAD);
-        assert_eq!(sent_header(req, "authorization"), vec!["Bearer good"]);
-        Ok(Reply::new(200).header("docker-content-digest", digest().to_string()))
-    });
+    let t = run(
+        tag_req(&[("authorization", "Bearer good")]),
+        manifest_hit(UNPROVEN, Some(NOW)),
+        |req| {
+            assert_eq!(req.method, Method::HEAD);
+            assert_eq!(sent_header(req, "authorization"), vec!["Bearer good"]);
+            Ok(Reply::new(200).header("docker-content-digest", digest().to_string()))
+        },
+    );
     assert_eq!(t.status(), 200);
     assert_eq!(t.header("x-cache").unwrap(), "HIT");
     assert_eq!(t.body_str(), BODY);
@@ -116,31 +162,50 @@ fn unproven_hit_served_after_a_successful_head_and_recorded() {
 #[test]
 fn compat_72_tag_past_ttl_same_digest_is_one_head_then_hit() {
     let old = NOW - std::time::Duration::from_secs(3600);
-    let t = run(tag_req(&[("accept", OCI)]), manifest_hit(PUBLIC, Some(old)), |req| {
-        assert_eq!(req.method, Method::HEAD);
-        assert_eq!(sent_header(req, "accept"), vec![OCI]);
-        assert_eq!(sent_header(req, "if-none-match"), vec![format!("\"{}\"", digest())]);
-        Ok(Reply::new(200).header("docker-content-digest", digest().to_string()))
-    });
+    let t = run(
+        tag_req(&[("accept", OCI)]),
+        manifest_hit(PUBLIC, Some(old)),
+        |req| {
+            assert_eq!(req.method, Method::HEAD);
+            assert_eq!(sent_header(req, "accept"), vec![OCI]);
+            assert_eq!(
+                sent_header(req, "if-none-match"),
+                vec![format!("\"{}\"", digest())]
+            );
+            Ok(Reply::new(200).header("docker-content-digest", digest().to_string()))
+        },
+    );
     assert_eq!(t.sent.len(), 1);
     assert_eq!(t.header("x-cache").unwrap(), "HIT");
     assert_eq!(t.validated.len(), 1);
     // A 304 is as good as the same digest.
-    let t = run(tag_req(&[]), manifest_hit(PUBLIC, Some(old)), |_| Ok(Reply::new(304)));
+    let t = run(tag_req(&[]), manifest_hit(PUBLIC, Some(old)), |_| {
+        Ok(Reply::new(304))
+    });
     assert_eq!(t.header("x-cache").unwrap(), "HIT");
 }
 
 #[test]
 fn compat_72_tag_past_ttl_changed_digest_is_head_then_get() {
     let old = NOW - std::time::Duration::from_secs(3600);
-    let new_body = r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","x":1}"#;
-    let t = run(tag_req(&[("accept", OCI)]), manifest_hit(PUBLIC, Some(old)), |req| {
-        if req.method == Method::HEAD {
-            return Ok(Reply::new(200).header("docker-content-digest", sha256(new_body.as_bytes())));
-        }
-        Ok(Reply::new(200).header("content-type", OCI).body(new_body))
-    });
-    assert_eq!(t.sent.iter().map(|r| r.method.clone()).collect::<Vec<_>>(), vec![Method::HEAD, Method::GET]);
+    let new_body =
+        r#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","x":1}"#;
+    let t = run(
+        tag_req(&[("accept", OCI)]),
+        manifest_hit(PUBLIC, Some(old)),
+        |req| {
+            if req.method == Method::HEAD {
+                return Ok(
+                    Reply::new(200).header("docker-content-digest", sha256(new_body.as_bytes()))
+                );
+            }
+            Ok(Reply::new(200).header("content-type", OCI).body(new_body))
+        },
+    );
+    assert_eq!(
+        t.sent.iter().map(|r| r.method.clone()).collect::<Vec<_>>(),
+        vec![Method::HEAD, Method::GET]
+    );
     assert_eq!(t.header("x-cache").unwrap(), "MISS");
     assert_eq!(t.body_str(), new_body);
     assert_eq!(t.stored.len(), 1);
@@ -149,25 +214,35 @@ fn compat_72_tag_past_ttl_changed_digest_is_head_then_get() {
 #[test]
 fn compat_73_stale_served_on_5xx_for_public_only() {
     let old = NOW - std::time::Duration::from_secs(3600);
-    let t = run(tag_req(&[]), manifest_hit(PUBLIC, Some(old)), |_| Ok(Reply::new(503)));
+    let t = run(tag_req(&[]), manifest_hit(PUBLIC, Some(old)), |_| {
+        Ok(Reply::new(503))
+    });
     assert_eq!(t.status(), 200);
     assert_eq!(t.header("x-cache").unwrap(), "HIT");
     assert!(t.header("warning").unwrap().contains("stale"));
-    let t = run(tag_req(&[]), manifest_hit(PUBLIC, Some(old)), |_| Err(UpstreamError::Timeout));
+    let t = run(tag_req(&[]), manifest_hit(PUBLIC, Some(old)), |_| {
+        Err(UpstreamError::Timeout)
+    });
     assert!(t.header("warning").unwrap().contains("stale"));
-    let t = run(tag_req(&[]), manifest_hit(UNPROVEN, Some(old)), |_| Ok(Reply::new(503)));
+    let t = run(tag_req(&[]), manifest_hit(UNPROVEN, Some(old)), |_| {
+        Ok(Reply::new(503))
+    });
     assert_eq!(t.status(), 502);
     assert!(!t.body_str().contains("schemaVersion"));
     // Beyond max_stale (24 h) nothing stale is served.
     let ancient = NOW - std::time::Duration::from_secs(3 * 86_400);
-    let t = run(tag_req(&[]), manifest_hit(PUBLIC, Some(ancient)), |_| Ok(Reply::new(503)));
+    let t = run(tag_req(&[]), manifest_hit(PUBLIC, Some(ancient)), |_| {
+        Ok(Reply::new(503))
+    });
     assert_eq!(t.status(), 502);
 }
 
 #[test]
 fn revalidation_404_drops_the_tag() {
     let old = NOW - std::time::Duration::from_secs(3600);
-    let t = run(tag_req(&[]), manifest_hit(PUBLIC, Some(old)), |_| Ok(Reply::new(404)));
+    let t = run(tag_req(&[]), manifest_hit(PUBLIC, Some(old)), |_| {
+        Ok(Reply::new(404))
+    });
     assert_eq!(t.status(), 404);
     assert_eq!(t.dropped.len(), 1);
     assert_eq!(t.error_code(), "MANIFEST_UNKNOWN");
@@ -176,35 +251,76 @@ fn revalidation_404_drops_the_tag() {
 #[test]
 fn compat_56_digest_manifest_stays_a_hit_whatever_its_age() {
     let path = format!("/v2/library/busybox/manifests/{}", digest());
-    let t = run(get("docker.example.com", &path), manifest_hit(PUBLIC, None), no_upstream);
+    let t = run(
+        get("docker.example.com", &path),
+        manifest_hit(PUBLIC, None),
+        no_upstream,
+    );
     assert_eq!(t.header("x-cache").unwrap(), "HIT");
 }
 
 fn blob_path() -> String {
-    format!("/v2/library/busybox/blobs/{}", sha256(b"0123456789abcdefghij"))
+    format!(
+        "/v2/library/busybox/blobs/{}",
+        sha256(b"0123456789abcdefghij")
+    )
 }
 
 #[test]
 fn compat_50_53_blob_hit_full_and_ranged() {
-    let hit = |_: &CacheQuery| CacheResult::Blob { size: 20, access: PUBLIC };
+    let hit = |_: &CacheQuery| CacheResult::Blob {
+        size: 20,
+        access: PUBLIC,
+    };
     let t = run(get("docker.example.com", &blob_path()), hit, no_upstream);
     assert_eq!(t.status(), 200);
     assert_eq!(t.header("content-length").unwrap(), "20");
     assert_eq!(t.header("x-cache").unwrap(), "HIT");
-    assert_eq!(t.header("docker-content-digest").unwrap(), sha256(b"0123456789abcdefghij"));
-    assert!(matches!(t.response.as_ref().unwrap().body, BodyPlan::Cache { range: None, .. }));
-    let t = run(request(Method::GET, "docker.example.com", &blob_path(), &[("range", "bytes=10-19")]), hit, no_upstream);
+    assert_eq!(
+        t.header("docker-content-digest").unwrap(),
+        sha256(b"0123456789abcdefghij")
+    );
+    assert!(matches!(
+        t.response.as_ref().unwrap().body,
+        BodyPlan::Cache { range: None, .. }
+    ));
+    let t = run(
+        request(
+            Method::GET,
+            "docker.example.com",
+            &blob_path(),
+            &[("range", "bytes=10-19")],
+        ),
+        hit,
+        no_upstream,
+    );
     assert_eq!(t.status(), 206);
     assert_eq!(t.header("content-range").unwrap(), "bytes 10-19/20");
     assert_eq!(t.header("content-length").unwrap(), "10");
-    let t = run(request(Method::GET, "docker.example.com", &blob_path(), &[("range", "bytes=20-")]), hit, no_upstream);
+    let t = run(
+        request(
+            Method::GET,
+            "docker.example.com",
+            &blob_path(),
+            &[("range", "bytes=20-")],
+        ),
+        hit,
+        no_upstream,
+    );
     assert_eq!(t.status(), 416);
     assert_eq!(t.header("content-range").unwrap(), "bytes */20");
 }
 
 #[test]
 fn unlinked_blob_needs_a_head_through_the_requested_repository() {
-    let hit = |_: &CacheQuery| CacheResult::Blob { size: 20, access: Access { public: true, granted: true, linked: false } };
+    let hit = |_: &CacheQuery| CacheResult::Blob {
+        size: 20,
+        access: Access {
+            public: true,
+            granted: true,
+            linked: false,
+        },
+    };
     let t = run(get("docker.example.com", &blob_path()), hit, |req| {
         assert_eq!(req.method, Method::HEAD);
         assert!(req.url.path().starts_with("/v2/library/busybox/blobs/"));
@@ -217,22 +333,43 @@ fn unlinked_blob_needs_a_head_through_the_requested_repository() {
 #[test]
 fn miss_stores_blob_under_its_repository_and_records_public_access() {
     let data = b"0123456789abcdefghij";
-    let t = run(get("docker.example.com", &blob_path()), |_| CacheResult::Miss, |_| Ok(Reply::new(200).body(&data[..])));
+    let t = run(
+        get("docker.example.com", &blob_path()),
+        |_| CacheResult::Miss,
+        |_| Ok(Reply::new(200).body(&data[..])),
+    );
     assert_eq!(t.header("x-cache").unwrap(), "MISS");
     match &t.response.as_ref().unwrap().body {
-        BodyPlan::Upstream { store: Some(target), verify: Some(_) } => assert_eq!(target.repository.as_str(), "library/busybox"),
+        BodyPlan::Upstream {
+            store: Some(target),
+            verify: Some(_),
+        } => assert_eq!(target.repository.as_str(), "library/busybox"),
         other => panic!("{other:?}"),
     }
     assert_eq!(t.access.len(), 1);
-    assert!(t.access[0].anonymous, "no credential was sent: the repository is public");
+    assert!(
+        t.access[0].anonymous,
+        "no credential was sent: the repository is public"
+    );
 }
 
 #[test]
 fn compat_45_head_on_uncached_tag_is_forwarded_as_head_and_not_stored() {
-    let t = run(request(Method::HEAD, "docker.example.com", "/v2/library/busybox/manifests/latest", &[]), |_| CacheResult::Miss, |req| {
-        assert_eq!(req.method, Method::HEAD);
-        Ok(Reply::new(200).header("content-length", "77").header("docker-content-digest", digest().to_string()))
-    });
+    let t = run(
+        request(
+            Method::HEAD,
+            "docker.example.com",
+            "/v2/library/busybox/manifests/latest",
+            &[],
+        ),
+        |_| CacheResult::Miss,
+        |req| {
+            assert_eq!(req.method, Method::HEAD);
+            Ok(Reply::new(200)
+                .header("content-length", "77")
+                .header("docker-content-digest", digest().to_string()))
+        },
+    );
     assert_eq!(t.status(), 200);
     assert!(t.stored.is_empty());
     assert_eq!(t.header("content-length").unwrap(), "77");

@@ -1246,7 +1246,11 @@ proptest! {
 /// The documented example configuration stays valid.
 #[test]
 fn example_config_file_loads() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/config.example.toml")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/config.example.toml"
+    ))
+    .unwrap();
     let mut env = BTreeMap::new();
     env.insert("CUSTOM_DOMAIN".to_owned(), "example.com".to_owned());
     env.insert("DOCKERHUB_TOKEN".to_owned(), "dckr_pat_x".to_owned());

@@ -37,27 +37,39 @@ impl ProxyHandle {
             map.insert((*k).to_owned(), (*v).to_owned());
         }
         let read_file = |p: &str| std::fs::read_to_string(p).map_err(|e| e.to_string());
-        let (mut config, _warnings) = dockerproxy_core::config::load_with(&map, Some(toml), &read_file)
-            .map_err(|e| FixtureError::Unexpected(format!("proxy config: {e}")))?;
+        let (mut config, _warnings) =
+            dockerproxy_core::config::load_with(&map, Some(toml), &read_file)
+                .map_err(|e| FixtureError::Unexpected(format!("proxy config: {e}")))?;
         config.secret_key = [42; 32];
-        let state = dockerproxy_server::build_state(config).map_err(|e| FixtureError::Unexpected(format!("proxy state: {e}")))?;
+        let state = dockerproxy_server::build_state(config)
+            .map_err(|e| FixtureError::Unexpected(format!("proxy state: {e}")))?;
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         std_listener.set_nonblocking(true)?;
         let addr = std_listener.local_addr()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
         let (tx, rx) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new().name("dockerproxy".into()).spawn(move || {
-            runtime.block_on(async move {
-                let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
-                    return;
-                };
-                let _ = dockerproxy_server::run(vec![listener], state, async {
-                    let _ = rx.await;
-                })
-                .await;
-            });
-        })?;
-        Ok(Self { addr, shutdown: Some(tx), thread: Some(thread), own_cache })
+        let thread = std::thread::Builder::new()
+            .name("dockerproxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
+                        return;
+                    };
+                    let _ = dockerproxy_server::run(vec![listener], state, async {
+                        let _ = rx.await;
+                    })
+                    .await;
+                });
+            })?;
+        Ok(Self {
+            addr,
+            shutdown: Some(tx),
+            thread: Some(thread),
+            own_cache,
+        })
     }
 
     /// The listening address.
@@ -101,7 +113,13 @@ pub fn docker_hub_route_toml(upstream: &str, realms: &[String], extra: &str) -> 
     let exceptions: Vec<String> = std::iter::once(upstream.to_owned())
         .chain(realms.iter().map(|r| r.trim_matches('"').to_owned()))
         .filter_map(|u| url::Url::parse(&u).ok())
-        .filter_map(|u| Some(format!("\"{}:{}\"", u.host_str()?, u.port_or_known_default()?)))
+        .filter_map(|u| {
+            Some(format!(
+                "\"{}:{}\"",
+                u.host_str()?,
+                u.port_or_known_default()?
+            ))
+        })
         .collect();
     format!(
         r#"mirror_hosts = ["127.0.0.1"]

@@ -172,7 +172,9 @@ impl Exchange {
     /// The canonical name of the registry the request was routed to, once routed (for logs
     /// and metrics labels).
     pub fn registry_name(&self) -> Option<&str> {
-        self.routed.as_ref().map(|r| self.config.registries[r.registry].name.as_str())
+        self.routed
+            .as_ref()
+            .map(|r| self.config.registries[r.registry].name.as_str())
     }
 
     /// The client's method.
