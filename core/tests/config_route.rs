@@ -1254,7 +1254,7 @@ fn example_config_file_loads() {
     let mut env = BTreeMap::new();
     env.insert("CUSTOM_DOMAIN".to_owned(), "example.com".to_owned());
     env.insert("DOCKERHUB_TOKEN".to_owned(), "dckr_pat_x".to_owned());
-    let (c, _) = dockerproxy_core::config::load(&env, Some(&text)).unwrap();
+    let (c, _) = load(&env, Some(&text)).unwrap();
     assert!(c.hide_routes);
     assert_eq!(c.mirror_hosts, vec!["mirror.example.com".to_owned()]);
     let hub = &c.registries[c.registry_by_name("docker.io").unwrap()];
