@@ -9,6 +9,9 @@ set -euo pipefail
 # is needed. `unshare` and `mount` (util-linux) are essential packages.
 PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq nginx-light wrk
     podman containerd docker.io)
+# libdockerproxy's C tests (ffi/tests/c_tests.rs) and the Nginx module (nginx/, tests/tests/nginx.rs):
+# gcc + make, valgrind, and Debian's Nginx sources and headers (nginx-dev pulls in pcre2, zlib, ssl).
+PACKAGES+=(gcc make valgrind nginx-dev)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -12,6 +12,7 @@ pub mod fault_front;
 pub mod pki;
 pub mod ports;
 pub mod proxy;
+pub mod proxy_process;
 pub mod registry;
 pub mod seed;
 pub mod serve;
@@ -19,6 +20,7 @@ pub mod storage_blobs;
 pub mod testbed;
 pub mod token_server;
 pub mod tools;
+pub mod warm;
 
 pub use content::{Blob, Image, Index, Seeded};
 pub use error::{FixtureError, FixtureResult};

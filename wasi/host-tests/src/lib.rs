@@ -107,7 +107,6 @@ fn compiled(path: &Path) -> Result<&'static Compiled, HostError> {
         .get_or_init(|| {
             let started = Instant::now();
             let mut config = wasmtime::Config::new();
-            config.async_support(true);
             config.wasm_component_model(true);
             let engine = Engine::new(&config).map_err(|e| format!("engine: {e}"))?;
             let component =
