@@ -374,3 +374,42 @@ fn compat_45_head_on_uncached_tag_is_forwarded_as_head_and_not_stored() {
     assert!(t.stored.is_empty());
     assert_eq!(t.header("content-length").unwrap(), "77");
 }
+
+#[test]
+fn compat_46_same_repo_and_tag_on_two_registries_never_share_a_key() {
+    let mut c = cfg();
+    set_origin(&mut c, "ghcr.io", "https://ghcr.test");
+    let mut keys = Vec::new();
+    for host in ["docker.example.com", "ghcr.example.com"] {
+        let mut tokens = TokenCache::new(8);
+        let t = drive_full(
+            &c,
+            get(host, "/v2/foo/bar/manifests/1"),
+            None,
+            |q| {
+                keys.push(q.key.clone());
+                CacheResult::Miss
+            },
+            &mut tokens,
+            |_| Ok(Reply::new(200).header("content-type", OCI).body(BODY)),
+        );
+        assert_eq!(t.sent.len(), 1, "each registry is fetched on its own");
+        assert_eq!(t.header("x-cache").unwrap(), "MISS");
+    }
+    assert_ne!(keys[0], keys[1]);
+    // The route host and the client mode are not part of the key: docker-staging shares it.
+    let mut staging = Vec::new();
+    let mut tokens = TokenCache::new(8);
+    let _ = drive_full(
+        &c,
+        get("docker-staging.example.com", "/v2/foo/bar/manifests/1"),
+        None,
+        |q| {
+            staging.push(q.key.clone());
+            CacheResult::Miss
+        },
+        &mut tokens,
+        |_| Ok(Reply::new(404).json("{}")),
+    );
+    assert_eq!(staging[0], keys[0]);
+}
