@@ -4,8 +4,8 @@
 //!
 //! The binary is looked up next to the test executable (`target/<profile>/dockerproxy`, the test
 //! itself lives in `target/<profile>/deps/`); `DOCKERPROXY_BIN` overrides the path. When it is
-//! missing it is built once with `cargo build -p dockerproxy-server --bin dockerproxy` into the
-//! same target directory.
+//! missing (or `DOCKERPROXY_REBUILD` is set) it is built once with
+//! `cargo build -p dockerproxy-server --bin dockerproxy` into the same target directory.
 //!
 //! Every start writes its own log file (`proxy-<n>.log` in the work directory), so the logs of
 //! killed runs stay readable. The process is killed (SIGKILL, by its PID) when the handle drops.
@@ -25,14 +25,24 @@ use crate::ports::free_port;
 /// How long a start may take until `/readyz` answers.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
-static BUILD_LOCK: Mutex<()> = Mutex::new(());
+static BUILD: Mutex<Option<PathBuf>> = Mutex::new(None);
 static STARTS: AtomicUsize = AtomicUsize::new(0);
 
 /// The `dockerproxy` binary: `DOCKERPROXY_BIN`, else `<target>/<profile>/dockerproxy` next to
-/// the running test executable, built with cargo when missing.
+/// the running test executable, built with cargo (once per test process) when it is missing, or
+/// when `DOCKERPROXY_REBUILD` is set. A binary older than the test executable may predate the
+/// code under test: that is only reported (a rebuild can take a minute when other builds changed
+/// the shared target directory), so run `cargo build -p dockerproxy-server --bin dockerproxy`
+/// before the tests.
 pub fn binary() -> FixtureResult<PathBuf> {
     if let Some(path) = std::env::var_os("DOCKERPROXY_BIN").filter(|v| !v.is_empty()) {
         return Ok(PathBuf::from(path));
+    }
+    let mut built = BUILD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(bin) = built.as_ref() {
+        return Ok(bin.clone());
     }
     let exe = std::env::current_exe()?;
     let profile_dir = exe
@@ -40,12 +50,33 @@ pub fn binary() -> FixtureResult<PathBuf> {
         .and_then(Path::parent)
         .ok_or_else(|| unexpected(format!("no profile directory above {}", exe.display())))?;
     let bin = profile_dir.join("dockerproxy");
-    let _guard = BUILD_LOCK
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if bin.exists() {
-        return Ok(bin);
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let older = matches!((modified(&bin), modified(&exe)), (Some(b), Some(e)) if b < e);
+    if older {
+        eprintln!(
+            "proxy_process: {} is older than the test executable; rebuild it (or set DOCKERPROXY_REBUILD=1) if the server changed",
+            bin.display()
+        );
     }
+    let rebuild = std::env::var_os("DOCKERPROXY_REBUILD").is_some_and(|v| !v.is_empty());
+    if (rebuild || !bin.exists())
+        && let Err(e) = cargo_build(profile_dir)
+    {
+        if !bin.exists() {
+            return Err(e);
+        }
+        eprintln!("proxy_process: {e}; using the existing {}", bin.display());
+    }
+    if !bin.exists() {
+        return Err(unexpected(format!("{} was not built", bin.display())));
+    }
+    *built = Some(bin.clone());
+    Ok(bin)
+}
+
+/// `cargo build -p dockerproxy-server --bin dockerproxy` into the target directory above
+/// `profile_dir`.
+fn cargo_build(profile_dir: &Path) -> FixtureResult<()> {
     let target_dir = profile_dir
         .parent()
         .ok_or_else(|| unexpected("no target directory"))?;
@@ -61,14 +92,14 @@ pub fn binary() -> FixtureResult<PathBuf> {
         cmd.arg("--release");
     }
     let out = cmd.stdin(Stdio::null()).output()?;
-    if !out.status.success() || !bin.exists() {
+    if !out.status.success() {
         return Err(unexpected(format!(
             "cargo build of dockerproxy failed ({}): {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         )));
     }
-    Ok(bin)
+    Ok(())
 }
 
 /// Rebuilds a command so it runs in a private mount namespace where `dir` is a fresh tmpfs of
@@ -79,13 +110,21 @@ pub fn tmpfs_wrapper(dir: &Path, size: &str, read_only: bool) -> impl Fn(&Comman
     let dir = dir.to_path_buf();
     let size = size.to_owned();
     move |cmd: &Command| {
-        const SCRIPT: &str = r#"dir="$0"; size="$1"; ro="$2"; shift 3
+        const SCRIPT: &str = r#"dir="$0"; size="$1"; ro="$2"; shift 2
 mount -t tmpfs -o "size=$size,mode=0755" tmpfs "$dir" || exit 121
 if [ "$ro" = ro ]; then mount -o remount,ro "$dir" || exit 122; fi
 exec "$@""#;
         let mut wrapped = Command::new("unshare");
         wrapped
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c", SCRIPT])
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                SCRIPT,
+            ])
             .arg(&dir)
             .arg(&size)
             .arg(if read_only { "ro" } else { "rw" })

@@ -34,6 +34,17 @@ pub fn manifest_gets(registry: &Registry) -> Vec<String> {
         .collect()
 }
 
+/// Every request for a manifest or a blob (any method) in the registry's access log, as
+/// `METHOD path`.
+pub fn image_requests(registry: &Registry) -> Vec<String> {
+    registry
+        .upstream_requests()
+        .into_iter()
+        .filter(|(_, p)| p.contains("/manifests/") || p.contains("/blobs/"))
+        .map(|(m, p)| format!("{m} {p}"))
+        .collect()
+}
+
 /// `skopeo copy docker://SOURCE dir:OUT` (plain HTTP allowed) inside `ns`, with its temporary
 /// files under `OUT.tmp`; then checks the manifest and every blob of `image` in `OUT`.
 pub async fn skopeo_pull(
@@ -61,7 +72,10 @@ pub async fn skopeo_pull(
     for blob in image.blobs() {
         let data = std::fs::read(out.join(blob.hex()))?;
         if sha256_digest(&data) != blob.digest {
-            return Err(unexpected(format!("skopeo got wrong bytes for {}", blob.digest)));
+            return Err(unexpected(format!(
+                "skopeo got wrong bytes for {}",
+                blob.digest
+            )));
         }
     }
     Ok(())
@@ -124,7 +138,12 @@ pub async fn ctr_pull_fresh(
 ) -> FixtureResult<String> {
     let mut containerd = Containerd::start(&dir.join("c"), ns).await?;
     let hosts_dir = dir.join("certs.d");
-    write_containerd_mirror(&hosts_dir, "docker.io", "https://registry-1.docker.io", mirror)?;
+    write_containerd_mirror(
+        &hosts_dir,
+        "docker.io",
+        "https://registry-1.docker.io",
+        mirror,
+    )?;
     let hosts_dir = hosts_dir.display().to_string();
     let pulled = run_ok(containerd.ctr(
         "test",
