@@ -35,4 +35,6 @@ step "the core builds for wasm32-wasip2"
 cargo build -p dockerproxy-core --target wasm32-wasip2 --locked
 
 step "tests"
+# The process-level tests (kill -9, restart) run the built binary.
+cargo build -p dockerproxy-server --bin dockerproxy --locked
 cargo test --workspace --locked

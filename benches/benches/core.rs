@@ -84,6 +84,7 @@ fn cached_manifest_hit_exchange(bencher: divan::Bencher<'_, '_>) {
                             public: true,
                             granted: false,
                             linked: true,
+                            public_within_max_stale: true,
                         },
                         validated_at: None,
                     },

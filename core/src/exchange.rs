@@ -184,6 +184,9 @@ pub struct Access {
     /// This identity got a 2xx/3xx from the upstream for this repository within the decision
     /// window (60 s).
     pub granted: bool,
+    /// A request without any credential succeeded within `max_stale`: a stale copy of a tag may
+    /// be served on a transient upstream failure (COMPAT.md §8.5). Never a proof for a hit.
+    pub public_within_max_stale: bool,
     /// The object is linked to the repository: fetched through it, or listed in one of its
     /// cached manifests. Tags are always linked to their own repository.
     pub linked: bool,

@@ -31,11 +31,20 @@ const PUBLIC: Access = Access {
     public: true,
     granted: false,
     linked: true,
+    public_within_max_stale: true,
 };
 const UNPROVEN: Access = Access {
     public: false,
     granted: false,
     linked: true,
+    public_within_max_stale: false,
+};
+/// Public a while ago (within max_stale) but not within the manifest TTL.
+const ONCE_PUBLIC: Access = Access {
+    public: false,
+    granted: false,
+    linked: true,
+    public_within_max_stale: true,
 };
 
 fn manifest_hit(
@@ -319,6 +328,7 @@ fn unlinked_blob_needs_a_head_through_the_requested_repository() {
             public: true,
             granted: true,
             linked: false,
+            public_within_max_stale: true,
         },
     };
     let t = run(get("docker.example.com", &blob_path()), hit, |req| {
@@ -412,4 +422,20 @@ fn compat_46_same_repo_and_tag_on_two_registries_never_share_a_key() {
         |_| Ok(Reply::new(404).json("{}")),
     );
     assert_eq!(staging[0], keys[0]);
+}
+
+#[test]
+fn compat_73_stale_needs_public_within_max_stale_not_within_ttl() {
+    let old = NOW - std::time::Duration::from_secs(3600);
+    let t = run(tag_req(&[]), manifest_hit(ONCE_PUBLIC, Some(old)), |_| {
+        Ok(Reply::new(503))
+    });
+    assert_eq!(t.status(), 200);
+    assert!(t.header("warning").unwrap().contains("stale"));
+    // But being public a while ago is no proof for serving a fresh hit without asking.
+    let t = run(tag_req(&[]), manifest_hit(ONCE_PUBLIC, Some(NOW)), |req| {
+        assert_eq!(req.method, Method::HEAD);
+        Ok(Reply::new(401))
+    });
+    assert_eq!(t.status(), 401);
 }

@@ -58,6 +58,8 @@ impl From<dp_access> for Access {
             public: a.is_public,
             granted: a.granted,
             linked: a.linked,
+            // The C caller's `is_public` also covers the stale window.
+            public_within_max_stale: a.is_public,
         }
     }
 }

@@ -79,12 +79,15 @@ impl ServerOptions {
 pub enum StartError {
     /// A TLS certificate, key or CA bundle could not be used.
     Tls(TlsError),
+    /// The system has no randomness for the secret key.
+    Random,
 }
 
 impl core::fmt::Display for StartError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Tls(e) => write!(f, "{e}"),
+            Self::Random => f.write_str("no system randomness for the secret key"),
         }
     }
 }
@@ -130,7 +133,7 @@ impl core::fmt::Debug for ServerState {
 
 impl ServerState {
     /// Builds the state from a configuration and explicit options.
-    pub fn new(config: Config, options: ServerOptions) -> Result<Self, StartError> {
+    pub fn new(mut config: Config, options: ServerOptions) -> Result<Self, StartError> {
         let client_tls = tls::client_config(options.ca_bundle.as_deref())?;
         let tls_acceptor = match &options.tls {
             Some((cert, key)) => Some(tls::acceptor(cert, key, options.http2)?),
@@ -141,7 +144,20 @@ impl ServerState {
         }
         let client =
             UpstreamClient::new(client_tls, &config.limits, GuardedConnector::new(&config));
+        if config.secret_key == [0; 32] {
+            // Keys the proxy's own tokens and the hashes of client credentials (never stored).
+            ring::rand::SecureRandom::fill(
+                &ring::rand::SystemRandom::new(),
+                &mut config.secret_key,
+            )
+            .map_err(|_| StartError::Random)?;
+        }
         let (store, cache_disabled) = open_store(&config);
+        if cache_disabled.is_some() {
+            // Serving without a cache: the core must not promise one (`X-Cache: BYPASS`, no
+            // lookups or stores).
+            config.cache.enabled = false;
+        }
         Ok(Self {
             config: Arc::new(config),
             options,

@@ -243,6 +243,7 @@ fn one_process_per_cache_dir() {
     let dir = temp_dir("lock");
     let settings = || Settings {
         manifest_ttl_ms: 600_000,
+        max_stale_ms: 86_400_000,
         blob_ttl_ms: 0,
         max_size: 0,
         claim_wait: Duration::from_secs(1),

@@ -43,6 +43,7 @@ fn rebuild_of_100k_entries_is_timed() {
 
     let settings = Settings {
         manifest_ttl_ms: 600_000,
+        max_stale_ms: 86_400_000,
         blob_ttl_ms: 0,
         max_size: 0,
         claim_wait: Duration::from_secs(1),

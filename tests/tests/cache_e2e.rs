@@ -1079,7 +1079,6 @@ async fn read_only_cache_dir_at_start_serves_from_upstream_and_says_disabled() {
 
 /// COMPAT §8.3: `BYPASS` when the store was not used (here: no usable store at all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: with CACHE_DIR unusable at start the server swaps in a NoopStore but the core still sees cache.enabled = true, so answers say X-Cache: MISS (\"being stored\") instead of BYPASS (server/src/state.rs open_store)"]
 async fn read_only_cache_dir_at_start_answers_x_cache_bypass() {
     if !require_tools(&["docker-registry", "unshare"]) || !require_mount_namespace() {
         return;
@@ -1542,7 +1541,6 @@ async fn compat_73_stale_hit_on_503_when_the_repository_was_public_recently() {
 
 /// COMPAT 73 as written: a public repository whose tag went stale, upstream 503 on the HEAD.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: the public mark expires with CACHE_MANIFEST_TTL (server/src/cache/index.rs access(), public_ttl_ms), so when a tag is stale its repository is no longer public unless some other anonymous upstream success happened meanwhile: 502 instead of a stale HIT"]
 async fn compat_73_stale_hit_on_503_for_a_public_repository() {
     if !require_tools(&["docker-registry"]) {
         return;

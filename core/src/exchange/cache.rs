@@ -151,7 +151,7 @@ impl Exchange {
                     media_type,
                     body,
                     validated_at,
-                    public: access.public,
+                    public: access.public || access.public_within_max_stale,
                 });
                 let stale = validated_at.is_some_and(|at| {
                     tag_freshness(at, now, self.config.cache.manifest_ttl)

@@ -410,13 +410,16 @@ impl Index {
         identity: &Identity,
         digest: Option<&Digest>,
         now: u64,
-        public_ttl_ms: u64,
+        (public_ttl_ms, max_stale_ms): (u64, u64),
     ) -> Access {
         let key = (registry.to_owned(), repo.clone());
-        let public = self
-            .public
-            .get(&key)
-            .is_some_and(|at| now.saturating_sub(*at) < public_ttl_ms);
+        let last_public = self.public.get(&key).map(|at| now.saturating_sub(*at));
+        let public = last_public.is_some_and(|age| age < public_ttl_ms);
+        // Serving a stale tag on an upstream failure needs the repository to have been public
+        // within max_stale (COMPAT.md §8.5): by the time a tag is stale, its public mark is
+        // older than the manifest TTL.
+        let public_within_max_stale =
+            last_public.is_some_and(|age| age <= max_stale_ms.max(public_ttl_ms));
         let granted = self
             .grants
             .get(&(registry.to_owned(), repo.clone(), identity.clone()))
@@ -429,6 +432,7 @@ impl Index {
             public,
             granted,
             linked,
+            public_within_max_stale,
         }
     }
 
@@ -522,26 +526,42 @@ mod tests {
         let repo = name("team/app");
         let client = Identity::Client(7);
         assert_eq!(
-            i.access("r", &repo, &client, Some(&d('a')), 1000, 600_000),
+            i.access("r", &repo, &client, Some(&d('a')), 1000, (600_000, 600_000)),
             Access::default()
         );
         i.link("r", &repo, &[d('a')]);
         assert!(i.record_access("r", &repo, &Identity::Anonymous, true, 1000, 60_000));
         assert!(!i.record_access("r", &repo, &Identity::Anonymous, true, 2000, 60_000));
-        let a = i.access("r", &repo, &client, Some(&d('a')), 2000, 600_000);
+        let a = i.access("r", &repo, &client, Some(&d('a')), 2000, (600_000, 600_000));
         assert!(a.public && a.linked && !a.granted);
         assert!(
-            !i.access("r", &repo, &client, Some(&d('b')), 2000, 600_000)
+            !i.access("r", &repo, &client, Some(&d('b')), 2000, (600_000, 600_000))
                 .linked
         );
         // Public expires with the manifest TTL; grants after 60 s.
-        assert!(!i.access("r", &repo, &client, None, 700_000, 600_000).public);
-        i.record_access("r", &repo, &client, false, 5000, 60_000);
-        assert!(i.access("r", &repo, &client, None, 64_999, 600_000).granted);
-        assert!(!i.access("r", &repo, &client, None, 65_000, 600_000).granted);
         assert!(
-            !i.access("r", &repo, &Identity::Client(8), None, 6000, 600_000)
+            !i.access("r", &repo, &client, None, 700_000, (600_000, 600_000))
+                .public
+        );
+        i.record_access("r", &repo, &client, false, 5000, 60_000);
+        assert!(
+            i.access("r", &repo, &client, None, 64_999, (600_000, 600_000))
                 .granted
+        );
+        assert!(
+            !i.access("r", &repo, &client, None, 65_000, (600_000, 600_000))
+                .granted
+        );
+        assert!(
+            !i.access(
+                "r",
+                &repo,
+                &Identity::Client(8),
+                None,
+                6000,
+                (600_000, 600_000)
+            )
+            .granted
         );
     }
 

@@ -75,7 +75,7 @@ impl Inner {
                     &query.identity,
                     Some(digest),
                     now_ms(),
-                    self.settings.manifest_ttl_ms,
+                    (self.settings.manifest_ttl_ms, self.settings.max_stale_ms),
                 );
                 st.counters.lookup(true, true);
                 st.counters.deduplicated += 1;
@@ -145,7 +145,7 @@ impl Inner {
                                 &query.identity,
                                 Some(digest),
                                 now,
-                                self.settings.manifest_ttl_ms,
+                                (self.settings.manifest_ttl_ms, self.settings.max_stale_ms),
                             );
                             st.counters.lookup(true, true);
                             return (CacheResult::Blob { size, access }, None);
@@ -201,7 +201,7 @@ impl Inner {
             &query.identity,
             linked_digest,
             now,
-            self.settings.manifest_ttl_ms,
+            (self.settings.manifest_ttl_ms, self.settings.max_stale_ms),
         );
         Some(CacheResult::Manifest {
             digest: digest.clone(),

@@ -58,6 +58,8 @@ const DISK_ERROR_LOG_EVERY_MS: u64 = 10_000;
 pub struct Settings {
     /// How long a public mark and a tag mapping stay fresh, ms.
     pub manifest_ttl_ms: u64,
+    /// `max_stale`, in ms: how long a public mark allows serving a stale tag.
+    pub max_stale_ms: u64,
     /// Idle age after which entries are deleted, ms (0 = none).
     pub blob_ttl_ms: u64,
     /// Size cap in bytes (0 = none).
@@ -82,6 +84,7 @@ impl Settings {
         };
         Self {
             manifest_ttl_ms: ms(c.manifest_ttl),
+            max_stale_ms: ms(c.max_stale),
             blob_ttl_ms,
             max_size: c.max_size,
             claim_wait,

@@ -36,13 +36,10 @@ pub(crate) async fn wrk(
         .arg(format!("Accept: {accept}"))
         .arg(url)
         .kill_on_drop(true);
-    let out = tokio::time::timeout(
-        Duration::from_secs(u64::from(seconds) + 30),
-        cmd.output(),
-    )
-    .await
-    .map_err(|_| "wrk timed out".to_owned())?
-    .map_err(|e| format!("wrk: {e}"))?;
+    let out = tokio::time::timeout(Duration::from_secs(u64::from(seconds) + 30), cmd.output())
+        .await
+        .map_err(|_| "wrk timed out".to_owned())?
+        .map_err(|e| format!("wrk: {e}"))?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     parse_wrk(&text).ok_or_else(|| format!("cannot parse wrk output:\n{text}"))
 }
@@ -73,7 +70,11 @@ fn parse_wrk(text: &str) -> Option<WrkResult> {
             (Some("99%"), Some(v)) => r.p99_ms = parse_latency_ms(v)?,
             (Some("50%"), Some(v)) => r.p50_ms = parse_latency_ms(v)?,
             (Some("Non-2xx"), _) => {
-                r.errors += t.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                r.errors += t
+                    .rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
             }
             (Some("Socket"), _) => {
                 // "Socket errors: connect 0, read 0, write 0, timeout 0"
@@ -164,12 +165,9 @@ pub(crate) async fn curl_herd(
         children.push(child);
     }
     let waits = children.into_iter().map(|c| c.wait_with_output());
-    let outs = tokio::time::timeout(
-        Duration::from_secs(max_secs + 15),
-        futures_join_all(waits),
-    )
-    .await
-    .map_err(|_| "curl herd timed out".to_owned())?;
+    let outs = tokio::time::timeout(Duration::from_secs(max_secs + 15), futures_join_all(waits))
+        .await
+        .map_err(|_| "curl herd timed out".to_owned())?;
     outs.into_iter()
         .map(|o| {
             o.map(|o| parse_curl(&String::from_utf8_lossy(&o.stdout)))
@@ -181,7 +179,7 @@ pub(crate) async fn curl_herd(
 /// Awaits every future (spawned as tasks so they progress together), in order.
 async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: std::future::Future + Send + 'static,
+    F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();

@@ -156,14 +156,22 @@ async fn setup(args: Args) -> Result<Bed, String> {
             args.dockerproxy.display()
         ));
     }
-    for tool in ["wrk", "curl", "taskset", "/usr/sbin/nginx", "/usr/bin/docker-registry"] {
+    for tool in [
+        "wrk",
+        "curl",
+        "taskset",
+        "/usr/sbin/nginx",
+        "/usr/bin/docker-registry",
+    ] {
         let found = if tool.starts_with('/') {
             std::path::Path::new(tool).exists()
         } else {
             dockerproxy_tests::find_tool(tool).is_some()
         };
         if !found {
-            return Err(format!("{tool} is missing (bash benches/harness/run.sh installs it)"));
+            return Err(format!(
+                "{tool} is missing (bash benches/harness/run.sh installs it)"
+            ));
         }
     }
     let upstream = Registry::start(RegistryConfig {
@@ -179,16 +187,18 @@ async fn setup(args: Args) -> Result<Bed, String> {
 
     let repo = "library/bench".to_owned();
     let tag = "latest".to_owned();
-    let big = Blob::new(
-        OCI_LAYER_TAR,
-        Prng::new(7).bytes(args.blob_mib << 20),
-    );
+    let big = Blob::new(OCI_LAYER_TAR, Prng::new(7).bytes(args.blob_mib << 20));
     let config = config_blob("big", &big);
     let manifest = manifest_blob(&config, &big);
-    let mut pusher =
-        Pusher::new(upstream.base_url(), PushAuth::None).map_err(|e| e.to_string())?;
-    pusher.push_blob(&repo, &config).await.map_err(|e| e.to_string())?;
-    pusher.push_blob(&repo, &big).await.map_err(|e| e.to_string())?;
+    let mut pusher = Pusher::new(upstream.base_url(), PushAuth::None).map_err(|e| e.to_string())?;
+    pusher
+        .push_blob(&repo, &config)
+        .await
+        .map_err(|e| e.to_string())?;
+    pusher
+        .push_blob(&repo, &big)
+        .await
+        .map_err(|e| e.to_string())?;
     pusher
         .push_manifest(&repo, &tag, &manifest)
         .await
@@ -199,8 +209,14 @@ async fn setup(args: Args) -> Result<Bed, String> {
         let layer = Blob::new(OCI_LAYER_TAR, Prng::new(100 + i as u64).bytes(4096));
         let cfg = config_blob(t, &layer);
         let m = manifest_blob(&cfg, &layer);
-        pusher.push_blob(&small_repo, &layer).await.map_err(|e| e.to_string())?;
-        pusher.push_blob(&small_repo, &cfg).await.map_err(|e| e.to_string())?;
+        pusher
+            .push_blob(&small_repo, &layer)
+            .await
+            .map_err(|e| e.to_string())?;
+        pusher
+            .push_blob(&small_repo, &cfg)
+            .await
+            .map_err(|e| e.to_string())?;
         pusher
             .push_manifest(&small_repo, t, &m)
             .await
@@ -214,9 +230,11 @@ async fn setup(args: Args) -> Result<Bed, String> {
     std::fs::create_dir_all(&manifests).map_err(|e| e.to_string())?;
     std::fs::write(blobs.join(&big.digest), &big.data).map_err(|e| e.to_string())?;
     std::fs::write(manifests.join(&tag), &manifest.data).map_err(|e| e.to_string())?;
-    std::fs::write(manifests.join(&manifest.digest), &manifest.data)
-        .map_err(|e| e.to_string())?;
-    eprintln!("seeded {repo}:{tag} ({} MiB blob {})", args.blob_mib, big.digest);
+    std::fs::write(manifests.join(&manifest.digest), &manifest.data).map_err(|e| e.to_string())?;
+    eprintln!(
+        "seeded {repo}:{tag} ({} MiB blob {})",
+        args.blob_mib, big.digest
+    );
 
     let relay = Relay::start(upstream.addr(), LinkSpec::default())
         .await

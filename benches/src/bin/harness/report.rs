@@ -145,7 +145,13 @@ pub(crate) fn markdown(metrics: &[Metric], checks: &[Check]) -> String {
     );
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for m in metrics {
-        let mut row = format!("| {} | {} ({}) | {}", m.scenario, m.name, m.unit, cell(m.stats(Kind::Ours), false));
+        let mut row = format!(
+            "| {} | {} ({}) | {}",
+            m.scenario,
+            m.name,
+            m.unit,
+            cell(m.stats(Kind::Ours), false)
+        );
         for p in PEERS {
             let _ = write!(row, " | {}", cell(m.stats(p), false));
         }
@@ -155,7 +161,10 @@ pub(crate) fn markdown(metrics: &[Metric], checks: &[Check]) -> String {
         }
         let _ = writeln!(out, "{row} |");
     }
-    let _ = writeln!(out, "\n| scenario | target | measured | met |\n|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "\n| scenario | target | measured | met |\n|---|---|---|---|"
+    );
     for c in checks {
         let _ = writeln!(
             out,
@@ -170,15 +179,12 @@ pub(crate) fn markdown(metrics: &[Metric], checks: &[Check]) -> String {
 }
 
 /// One JSON line with everything.
-pub(crate) fn json_line(
-    meta: serde_json::Value,
-    metrics: &[Metric],
-    checks: &[Check],
-) -> String {
+pub(crate) fn json_line(meta: serde_json::Value, metrics: &[Metric], checks: &[Check]) -> String {
     let stats = |s: Option<Stats>| {
-        s.map_or(serde_json::Value::Null, |s| {
-            serde_json::json!({"median": s.median, "min": s.min, "max": s.max})
-        })
+        s.map_or(
+            serde_json::Value::Null,
+            |s| serde_json::json!({"median": s.median, "min": s.min, "max": s.max}),
+        )
     };
     let ms: Vec<_> = metrics
         .iter()
