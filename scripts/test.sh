@@ -34,6 +34,10 @@ echo "ok: no tokio, hyper, mio, socket2 or reqwest under dockerproxy-core"
 step "the core builds for wasm32-wasip2"
 cargo build -p dockerproxy-core --target wasm32-wasip2 --locked
 
+step "the WASI component builds for wasm32-wasip2 (release) and passes clippy"
+cargo build -p dockerproxy-wasi --target wasm32-wasip2 --release --locked
+cargo clippy -p dockerproxy-wasi --target wasm32-wasip2 --release --locked -- -D warnings
+
 step "tests"
 # The process-level tests (kill -9, restart) run the built binary.
 cargo build -p dockerproxy-server --bin dockerproxy --locked

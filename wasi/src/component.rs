@@ -229,9 +229,14 @@ fn respond(
     let head_only = method == Method::HEAD;
     match resp.body {
         BodyPlan::Empty => send_bytes(out, resp.status, resp.headers, Bytes::new(), true, None),
-        BodyPlan::Bytes(bytes) => {
-            send_bytes(out, resp.status, resp.headers, bytes, head_only, Some(limits))
-        }
+        BodyPlan::Bytes(bytes) => send_bytes(
+            out,
+            resp.status,
+            resp.headers,
+            bytes,
+            head_only,
+            Some(limits),
+        ),
         BodyPlan::Upstream { verify, .. } => match upstream {
             Some(_) if head_only => {
                 send_bytes(out, resp.status, resp.headers, Bytes::new(), true, None)

@@ -76,8 +76,14 @@ mod tests {
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(r.headers[header::CONTENT_TYPE], "application/json");
         let body = std::str::from_utf8(&r.body).unwrap();
-        assert!(body.starts_with("{\"status\":\"healthy\",\"timestamp\":\"2024-02-29T12:34:56Z\""), "{body}");
-        assert!(body.contains(&format!("\"version\":\"{}\"", dockerproxy_core::VERSION)), "{body}");
+        assert!(
+            body.starts_with("{\"status\":\"healthy\",\"timestamp\":\"2024-02-29T12:34:56Z\""),
+            "{body}"
+        );
+        assert!(
+            body.contains(&format!("\"version\":\"{}\"", dockerproxy_core::VERSION)),
+            "{body}"
+        );
     }
 
     #[test]
@@ -85,10 +91,18 @@ mod tests {
         let r = render(LocalEndpoint::Ready, 0);
         assert_eq!(r.status, StatusCode::OK);
         assert_eq!(&r.body[..], b"{\"status\":\"ready\"}\n");
-        for e in [LocalEndpoint::Stats, LocalEndpoint::StatsCache, LocalEndpoint::Metrics] {
+        for e in [
+            LocalEndpoint::Stats,
+            LocalEndpoint::StatsCache,
+            LocalEndpoint::Metrics,
+        ] {
             let r = render(e, 0);
             assert_eq!(r.status, StatusCode::NOT_FOUND, "{e:?}");
-            assert!(std::str::from_utf8(&r.body).unwrap().contains("UNSUPPORTED"));
+            assert!(
+                std::str::from_utf8(&r.body)
+                    .unwrap()
+                    .contains("UNSUPPORTED")
+            );
         }
     }
 }

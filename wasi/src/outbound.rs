@@ -27,7 +27,9 @@ use url::{Host, Url};
 /// configured exception; [`UpstreamError::Unreachable`] for a URL without host or port.
 pub fn check_url(config: &Config, url: &Url) -> Result<(), UpstreamError> {
     let host = url.host().ok_or(UpstreamError::Unreachable)?;
-    let port = url.port_or_known_default().ok_or(UpstreamError::Unreachable)?;
+    let port = url
+        .port_or_known_default()
+        .ok_or(UpstreamError::Unreachable)?;
     let denied = match &host {
         Host::Ipv4(v4) => is_denied_address(IpAddr::V4(*v4)),
         Host::Ipv6(v6) => is_denied_address(IpAddr::V6(*v6)),
@@ -114,7 +116,10 @@ mod tests {
         assert_eq!(ok("http://127.0.0.1:5000/v2/"), Ok(()));
         assert_eq!(ok("http://127.0.0.1:5001/v2/"), Err(UpstreamError::Denied));
         assert_eq!(ok("http://10.1.2.3/x"), Err(UpstreamError::Denied));
-        assert_eq!(ok("http://169.254.169.254/latest"), Err(UpstreamError::Denied));
+        assert_eq!(
+            ok("http://169.254.169.254/latest"),
+            Err(UpstreamError::Denied)
+        );
         assert_eq!(ok("http://[::1]:5000/"), Err(UpstreamError::Denied));
         assert_eq!(ok("http://[::ffff:10.0.0.1]/"), Err(UpstreamError::Denied));
         assert_eq!(ok("http://localhost:5000/"), Err(UpstreamError::Denied));
@@ -125,7 +130,13 @@ mod tests {
 
     #[test]
     fn forbidden_headers_are_the_hop_by_hop_ones() {
-        for h in ["host", "connection", "transfer-encoding", "upgrade", "keep-alive"] {
+        for h in [
+            "host",
+            "connection",
+            "transfer-encoding",
+            "upgrade",
+            "keep-alive",
+        ] {
             assert!(is_forbidden_header(&HeaderName::from_static(h)), "{h}");
         }
         for h in ["authorization", "content-length", "accept", "location"] {

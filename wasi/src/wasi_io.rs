@@ -281,7 +281,9 @@ pub(crate) fn send(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse().ok());
-    let body = response.consume().map_err(|()| UpstreamError::Unreachable)?;
+    let body = response
+        .consume()
+        .map_err(|()| UpstreamError::Unreachable)?;
     let stream = body.stream().map_err(|()| UpstreamError::Unreachable)?;
     let reader = BodyReader {
         stream,
@@ -300,10 +302,13 @@ fn write_request_body(
     client: &mut Option<BodyReader>,
     limits: &Limits,
 ) -> Result<(), UpstreamError> {
-    let mut writer = BodyWriter::new(body, limits.idle_timeout).ok_or(UpstreamError::Unreachable)?;
+    let mut writer =
+        BodyWriter::new(body, limits.idle_timeout).ok_or(UpstreamError::Unreachable)?;
     match plan {
         UpstreamBody::Empty => {}
-        UpstreamBody::Bytes(b) => writer.write_all(b).map_err(|()| UpstreamError::Unreachable)?,
+        UpstreamBody::Bytes(b) => writer
+            .write_all(b)
+            .map_err(|()| UpstreamError::Unreachable)?,
         UpstreamBody::Client => {
             if let Some(mut reader) = client.take() {
                 while let Some(chunk) = reader.next_chunk(limits.client_header_timeout)? {

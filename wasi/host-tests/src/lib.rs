@@ -57,10 +57,29 @@ fn err(context: &str, e: impl core::fmt::Display) -> HostError {
     HostError(format!("{context}: {e}"))
 }
 
+/// True when the `wasm32-wasip2` standard library is installed for the current `rustc` (or a
+/// prebuilt component is named by [`COMPONENT_VAR`]), so the component can be built.
+pub fn can_build_component() -> bool {
+    if std::env::var_os(COMPONENT_VAR).is_some() {
+        return true;
+    }
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    std::process::Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|sysroot| sysroot.join("lib/rustlib/wasm32-wasip2").is_dir())
+}
+
+/// When set, the path of a component to serve instead of building one.
+pub const COMPONENT_VAR: &str = "DOCKERPROXY_WASI_COMPONENT";
+
 /// Builds the component with `cargo build -p dockerproxy-wasi --target wasm32-wasip2 --release`
 /// in this workspace (same `CARGO_TARGET_DIR` as the caller, so the build is incremental) and
 /// returns the path of `dockerproxy_wasi.wasm` and how long the build took. Built once per
-/// process.
+/// process; with [`COMPONENT_VAR`] set, that file is used and nothing is built.
 ///
 /// # Errors
 /// When cargo cannot be run or the build fails (its stderr is in the message).
@@ -68,13 +87,23 @@ pub fn build_component() -> Result<(PathBuf, Duration), HostError> {
     static BUILT: OnceLock<Result<(PathBuf, Duration), String>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
+            if let Some(path) = std::env::var_os(COMPONENT_VAR) {
+                return Ok((PathBuf::from(path), Duration::ZERO));
+            }
             let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
             let target_dir = std::env::var_os("CARGO_TARGET_DIR")
                 .map_or_else(|| workspace.join("target"), PathBuf::from);
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let started = Instant::now();
             let out = std::process::Command::new(cargo)
-                .args(["build", "-p", "dockerproxy-wasi", "--target", "wasm32-wasip2", "--release"])
+                .args([
+                    "build",
+                    "-p",
+                    "dockerproxy-wasi",
+                    "--target",
+                    "wasm32-wasip2",
+                    "--release",
+                ])
                 .env("CARGO_TARGET_DIR", &target_dir)
                 .current_dir(&workspace)
                 .output()
@@ -108,22 +137,36 @@ fn compiled(path: &Path) -> Result<&'static Compiled, HostError> {
             let started = Instant::now();
             let mut config = wasmtime::Config::new();
             config.wasm_component_model(true);
+            // Tests build wasmtime without optimisation; an unoptimising Cranelift compiles the
+            // component several times faster, and the component's speed does not matter here.
+            config.cranelift_opt_level(wasmtime::OptLevel::None);
             let engine = Engine::new(&config).map_err(|e| format!("engine: {e}"))?;
-            let component =
-                Component::from_file(&engine, path).map_err(|e| format!("compile {}: {e}", path.display()))?;
-            Ok(Compiled { engine, component, path: path.to_path_buf(), took: started.elapsed() })
+            let component = Component::from_file(&engine, path)
+                .map_err(|e| format!("compile {}: {e}", path.display()))?;
+            Ok(Compiled {
+                engine,
+                component,
+                path: path.to_path_buf(),
+                took: started.elapsed(),
+            })
         })
         .as_ref()
         .map_err(|e| HostError(e.clone()))?;
     if c.path != path {
-        return Err(HostError(format!("one component per process: {} was compiled first", c.path.display())));
+        return Err(HostError(format!(
+            "one component per process: {} was compiled first",
+            c.path.display()
+        )));
     }
     Ok(c)
 }
 
 /// How long compiling the component took in this process (after the first [`WasiHost::start`]).
 pub fn compile_time() -> Option<Duration> {
-    build_component().ok().and_then(|(p, _)| compiled(&p).ok()).map(|c| c.took)
+    build_component()
+        .ok()
+        .and_then(|(p, _)| compiled(&p).ok())
+        .map(|c| c.took)
 }
 
 /// One outbound request the component asked the host to send.
@@ -153,7 +196,13 @@ fn explicit_authority(uri: &http::Uri) -> String {
         return String::new();
     };
     let host = a.host().to_ascii_lowercase();
-    let port = a.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+    let port = a
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
     format!("{host}:{port}")
 }
 
@@ -171,7 +220,10 @@ impl WasiHttpHooks for OutboundPolicy {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         drop(fut);
         let authority = explicit_authority(request.uri());
-        let allowed = self.allowed.iter().any(|a| a.eq_ignore_ascii_case(&authority));
+        let allowed = self
+            .allowed
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&authority));
         if let Ok(mut log) = self.log.lock() {
             log.push(OutboundRecord {
                 method: request.method().to_string(),
@@ -186,7 +238,10 @@ impl WasiHttpHooks for OutboundPolicy {
                 return Err(wasmtime_wasi_http::Error::HttpRequestDenied);
             }
             let (resp, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((resp.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn Future<Output = _> + Send>))
+            Ok((
+                resp.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
         })
     }
 }
@@ -201,13 +256,20 @@ struct Instance {
 
 impl WasiView for Instance {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for Instance {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -236,7 +298,9 @@ pub struct WasiHost {
 
 impl core::fmt::Debug for WasiHost {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("WasiHost").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("WasiHost")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -254,14 +318,25 @@ impl WasiHost {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(|e| err("link wasi", e))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| err("link wasi:http", e))?;
-        let pre = linker.instantiate_pre(&compiled.component).map_err(|e| err("instantiate_pre", e))?;
+        let pre = linker
+            .instantiate_pre(&compiled.component)
+            .map_err(|e| err("instantiate_pre", e))?;
         let pre = ProxyPre::new(pre).map_err(|e| err("ProxyPre", e))?;
         let log = Arc::new(Mutex::new(Vec::new()));
-        let policy = OutboundPolicy { allowed: Arc::new(options.allowed_outbound), log: log.clone() };
-        let shared = Arc::new(Shared { pre, env: options.env, policy });
+        let policy = OutboundPolicy {
+            allowed: Arc::new(options.allowed_outbound),
+            log: log.clone(),
+        };
+        let shared = Arc::new(Shared {
+            pre,
+            env: options.env,
+            policy,
+        });
 
         let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| err("bind", e))?;
-        listener.set_nonblocking(true).map_err(|e| err("nonblocking", e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| err("nonblocking", e))?;
         let addr = listener.local_addr().map_err(|e| err("local_addr", e))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -273,7 +348,12 @@ impl WasiHost {
             .name("wasi-host".into())
             .spawn(move || runtime.block_on(serve(listener, shared, rx)))
             .map_err(|e| err("spawn", e))?;
-        Ok(Self { addr, log, shutdown: Some(tx), thread: Some(thread) })
+        Ok(Self {
+            addr,
+            log,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// `127.0.0.1:PORT`.
@@ -303,7 +383,11 @@ impl Drop for WasiHost {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: oneshot::Receiver<()>,
+) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
@@ -321,7 +405,10 @@ async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut stop: o
                 let shared = shared.clone();
                 async move { handle(shared, req).await }
             });
-            let _ = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(conn), service).await;
+            let _ = http1::Builder::new()
+                .keep_alive(true)
+                .serve_connection(TokioIo::new(conn), service)
+                .await;
         });
     }
 }
@@ -344,12 +431,23 @@ async fn handle(
         },
     );
     let (sender, receiver) = oneshot::channel();
-    let req = store.data_mut().http().new_incoming_request(Scheme::Http, req).map_err(|e| err("request", e))?;
-    let out = store.data_mut().http().new_response_outparam(sender).map_err(|e| err("outparam", e))?;
+    let req = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)
+        .map_err(|e| err("request", e))?;
+    let out = store
+        .data_mut()
+        .http()
+        .new_response_outparam(sender)
+        .map_err(|e| err("outparam", e))?;
     let pre = shared.pre.clone();
     let task = tokio::spawn(async move {
         let proxy = pre.instantiate_async(&mut store).await?;
-        proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+        proxy
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, req, out)
+            .await
     });
     match receiver.await {
         Ok(Ok(resp)) => Ok(resp),
