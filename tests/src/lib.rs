@@ -4,6 +4,7 @@
 //!
 //! Most tests want [`TestBed::start`]: a seeded upstream in one of the [`Mode`]s.
 
+pub mod client_auth;
 pub mod clients;
 pub mod content;
 pub mod corrupt;

@@ -19,12 +19,21 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A configuration from environment pairs and an optional TOML text.
+/// A configuration from environment pairs and an optional TOML text. Without a `CACHE_DIR`,
+/// each configuration gets its own fresh directory: tests run in parallel in one process and a
+/// cache directory admits one store at a time.
 pub fn config(env: &[(&str, &str)], file: Option<&str>) -> Config {
-    let env: BTreeMap<String, String> = env
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let mut env: BTreeMap<String, String> = env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect();
+    if !env.contains_key("CACHE_DIR") {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("dp-server-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        env.insert("CACHE_DIR".to_owned(), dir.display().to_string());
+    }
     dockerproxy_core::config::load(&env, file)
         .expect("test configuration loads")
         .0

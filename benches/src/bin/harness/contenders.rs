@@ -44,6 +44,8 @@ pub(crate) struct Env {
     pub(crate) static_root: PathBuf,
     /// CPU core for servers.
     pub(crate) core: u32,
+    /// Extra environment for dockerproxy.
+    pub(crate) ours_env: Vec<(String, String)>,
 }
 
 /// Per-start options.
@@ -85,7 +87,7 @@ pub(crate) async fn start(kind: Kind, env: &Env, opts: &Opts) -> Result<Contende
             );
             let conf = dir.join("dockerproxy.toml");
             std::fs::write(&conf, toml).map_err(|e| e.to_string())?;
-            let env_vars = vec![
+            let mut env_vars = vec![
                 (s("PORT"), port.to_string()),
                 (s("CUSTOM_DOMAIN"), s("example.test")),
                 (s("CACHE_DIR"), opts.cache_dir.display().to_string()),
@@ -94,6 +96,7 @@ pub(crate) async fn start(kind: Kind, env: &Env, opts: &Opts) -> Result<Contende
                     format!("{}s", opts.manifest_ttl_secs),
                 ),
             ];
+            env_vars.extend(env.ours_env.iter().cloned());
             let program = env.dockerproxy.display().to_string();
             let args = vec![s("--config"), conf.display().to_string()];
             Server::spawn(env.core, &program, &args, &env_vars, log)

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! harness [--rounds N] [--heavy-rounds N] [--wrk-secs S] [--only a,b] [--dockerproxy PATH]
-//!         [--work DIR] [--md-out FILE] [--json-out FILE]
+//!         [--work DIR] [--md-out FILE] [--json-out FILE] [--ours-env K=V]
 //! ```
 //! Scenarios: `manifest`, `blob1`, `rss64`, `cold50`, `slow10`, `tags`.
 
@@ -46,6 +46,8 @@ pub(crate) struct Args {
     pub(crate) json_out: Option<PathBuf>,
     /// Size of the big blob.
     pub(crate) blob_mib: usize,
+    /// Extra environment for dockerproxy (`--ours-env K=V`, repeatable; e.g. `RUST_LOG=warn`).
+    pub(crate) ours_env: Vec<(String, String)>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -60,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         md_out: None,
         json_out: None,
         blob_mib: 256,
+        ours_env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -73,6 +76,11 @@ fn parse_args() -> Result<Args, String> {
             "--blob-mib" => a.blob_mib = val()?.parse().map_err(|e| format!("--blob-mib: {e}"))?,
             "--only" => a.only = val()?.split(',').map(str::to_owned).collect(),
             "--dockerproxy" => a.dockerproxy = PathBuf::from(val()?),
+            "--ours-env" => {
+                let v = val()?;
+                let (k, v) = v.split_once('=').ok_or("--ours-env needs K=V")?;
+                a.ours_env.push((k.to_owned(), v.to_owned()));
+            }
             "--work" => a.work = Some(PathBuf::from(val()?)),
             "--md-out" => a.md_out = Some(PathBuf::from(val()?)),
             "--json-out" => a.json_out = Some(PathBuf::from(val()?)),
@@ -80,7 +88,7 @@ fn parse_args() -> Result<Args, String> {
                 println!(
                     "harness [--rounds N] [--heavy-rounds N] [--wrk-secs S] [--blob-mib M] \
                      [--only manifest,blob1,rss64,cold50,slow10,tags] [--dockerproxy PATH] \
-                     [--work DIR] [--md-out FILE] [--json-out FILE]"
+                     [--work DIR] [--md-out FILE] [--json-out FILE] [--ours-env K=V]"
                 );
                 std::process::exit(0);
             }
@@ -245,6 +253,7 @@ async fn setup(args: Args) -> Result<Bed, String> {
         dockerproxy: args.dockerproxy.clone(),
         static_root,
         core: 0,
+        ours_env: args.ours_env.clone(),
     };
     Ok(Bed {
         env,
