@@ -41,6 +41,32 @@ impl Drop for ClaimGuard {
     }
 }
 
+/// The guard of a tag revalidation: the request holding it is the one that revalidates a stale
+/// tag with its HEAD; dropping it (when that request has answered, after its `TagValidated`,
+/// `TagDrop` or new mapping) wakes the requests that waited instead of sending their own HEAD.
+pub(super) struct RevalidateGuard {
+    inner: Weak<Inner>,
+    key: CacheKey,
+    id: u64,
+}
+
+impl Drop for RevalidateGuard {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let mut st = inner.lock();
+        if st
+            .revalidating
+            .get(&self.key)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            // Dropping the sender wakes every waiter.
+            st.revalidating.remove(&self.key);
+        }
+    }
+}
+
 /// What a blob lookup found under the lock.
 enum BlobStep {
     Committed(u64),
@@ -228,7 +254,40 @@ impl Inner {
                 (r.unwrap_or(CacheResult::Miss), None)
             }
             CacheKey::Tag { registry, .. } => {
-                let tag = self.lock().index.tags.get(&query.key).cloned();
+                // Concurrent revalidations of one stale tag share one upstream HEAD: the first
+                // request revalidates, the others wait for it (once, bounded) and then see the
+                // refreshed mapping.
+                let mut claim = None;
+                let mut waited = false;
+                let tag = loop {
+                    let wait = {
+                        let mut st = self.lock();
+                        let tag = st.index.tags.get(&query.key).cloned();
+                        let stale = tag.as_ref().is_some_and(|t| {
+                            now_ms().saturating_sub(t.validated_at) >= self.settings.manifest_ttl_ms
+                        });
+                        if !stale || waited {
+                            break tag;
+                        }
+                        match st.revalidating.get(&query.key) {
+                            Some((_, tx)) => tx.subscribe(),
+                            None => {
+                                let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                                let (tx, _rx) = watch::channel(());
+                                st.revalidating.insert(query.key.clone(), (id, tx));
+                                claim = Some(FillClaim::new(RevalidateGuard {
+                                    inner: Arc::downgrade(self),
+                                    key: query.key.clone(),
+                                    id,
+                                }));
+                                break tag;
+                            }
+                        }
+                    };
+                    waited = true;
+                    let mut rx = wait;
+                    let _ = tokio::time::timeout(self.settings.claim_wait, rx.changed()).await;
+                };
                 let r = match tag {
                     Some(TagEntry {
                         digest,
@@ -240,7 +299,7 @@ impl Inner {
                     None => None,
                 };
                 self.lock().counters.lookup(false, r.is_some());
-                (r.unwrap_or(CacheResult::Miss), None)
+                (r.unwrap_or(CacheResult::Miss), claim)
             }
         }
     }

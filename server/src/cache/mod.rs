@@ -112,6 +112,9 @@ enum Slot {
 struct State {
     index: Index,
     inflight: HashMap<(String, Digest), Slot>,
+    /// Stale tags being revalidated by one request; others wait for its HEAD (the sender is
+    /// dropped when the revalidating request answers, waking them).
+    revalidating: HashMap<CacheKey, (u64, watch::Sender<()>)>,
     journal: Journal,
     counters: Counters,
 }

@@ -68,6 +68,7 @@ impl DiskStore {
             state: Mutex::new(State {
                 index,
                 inflight: HashMap::new(),
+                revalidating: HashMap::new(),
                 journal,
                 counters: Counters::default(),
             }),
