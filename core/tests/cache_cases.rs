@@ -439,3 +439,34 @@ fn compat_73_stale_needs_public_within_max_stale_not_within_ttl() {
     });
     assert_eq!(t.status(), 401);
 }
+
+#[test]
+fn digest_manifest_hit_of_an_unaccepted_media_type_goes_upstream() {
+    let path = format!("/v2/library/busybox/manifests/{}", digest());
+    let docker_v2 = "application/vnd.docker.distribution.manifest.v2+json";
+    let t = run(
+        request(
+            Method::GET,
+            "docker.example.com",
+            &path,
+            &[("accept", docker_v2)],
+        ),
+        manifest_hit(PUBLIC, None),
+        |req| {
+            assert_eq!(req.method, Method::GET);
+            Ok(Reply::new(404)
+                .json(r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"m","detail":null}]}"#))
+        },
+    );
+    assert_eq!(
+        t.status(),
+        404,
+        "the cached OCI manifest is not served to a Docker-v2-only client"
+    );
+    let t = run(
+        request(Method::GET, "docker.example.com", &path, &[("accept", OCI)]),
+        manifest_hit(PUBLIC, None),
+        no_upstream,
+    );
+    assert_eq!(t.header("x-cache").unwrap(), "HIT");
+}

@@ -134,6 +134,13 @@ impl Exchange {
                 access,
                 validated_at,
             } => {
+                // Never hand a client a media type its Accept lines exclude (a digest manifest
+                // cached for another client): let the upstream decide instead. No Accept at all
+                // accepts anything (HTTP semantics).
+                let class = accept_class(&self.req.headers);
+                if !class.is_empty() && !crate::cache_policy::accepts(&class, &media_type) {
+                    return self.send_resource(now);
+                }
                 let is_tag = matches!(
                     self.request,
                     Some(RegistryRequest::Manifest {
