@@ -72,34 +72,6 @@ pub fn looks_like_proxy_token(authorization: &str) -> bool {
         .is_some_and(|t| t.starts_with("dpx1."))
 }
 
-/// Formats a timestamp as RFC 3339 UTC with seconds (`2026-11-29T12:00:00Z`).
-pub fn rfc3339(ts: Timestamp) -> String {
-    let secs = ts.as_millis() / 1000;
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,18 +93,5 @@ mod tests {
         assert!(!verify(&KEY, &forged, "docker.io", NOW) || t.ends_with('0'));
         assert!(!verify(&KEY, "dpx1.x.docker.io.00", "docker.io", NOW));
         assert!(!verify(&KEY, "", "docker.io", NOW));
-    }
-
-    #[test]
-    fn rfc3339_formats_known_instants() {
-        assert_eq!(rfc3339(Timestamp::from_millis(0)), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339(Timestamp::from_millis(951_782_400_000)),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            rfc3339(Timestamp::from_millis(1_795_953_418_000)),
-            "2026-11-29T11:56:58Z"
-        );
     }
 }

@@ -30,7 +30,6 @@ pub mod listener;
 pub mod local;
 pub mod logging;
 pub mod metrics;
-pub mod rfc3339;
 pub mod shutdown;
 pub mod stall;
 pub mod state;

@@ -143,7 +143,7 @@ fn uptime(state: &ServerState) -> String {
 pub fn health_json(state: &ServerState) -> String {
     format!(
         "{{\"status\":\"healthy\",\"timestamp\":{},\"uptime\":{},\"version\":{}}}\n",
-        js(&crate::rfc3339::format_utc(state::now().as_millis())),
+        js(&state::now().to_rfc3339()),
         js(&uptime(state)),
         js(dockerproxy_core::VERSION),
     )
@@ -184,7 +184,7 @@ pub fn human_size(bytes: u64) -> String {
 fn cache_object(s: &StoreStats) -> String {
     let total = s.blob.size_bytes.saturating_add(s.manifest.size_bytes);
     let last_cleanup = match s.last_cleanup_ms {
-        Some(ms) => crate::rfc3339::format_utc(ms),
+        Some(ms) => dockerproxy_core::Timestamp::from_millis(ms).to_rfc3339(),
         None => "N/A".to_owned(),
     };
     let savings = if s.inflight_total == 0 {

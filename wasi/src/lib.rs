@@ -17,7 +17,7 @@
 //!        └── Respond / Local ─► response-outparam.set, then stream or write the body
 //! ```
 //!
-//! The modules compiled for every target ([`settings`], [`outbound`], [`local`], [`rfc3339`])
+//! The modules compiled for every target ([`settings`], [`outbound`], [`local`])
 //! hold the component's own decisions and are unit-tested on the host. The WASI glue (`component`,
 //! `wasi_io`) only exists for `target_arch = "wasm32"`, so `cargo build --workspace` on the host
 //! links a small library and pulls in no WASI bindings.
@@ -28,7 +28,6 @@
 
 pub mod local;
 pub mod outbound;
-pub mod rfc3339;
 pub mod settings;
 
 #[cfg(target_arch = "wasm32")]

@@ -33,7 +33,7 @@ pub fn render(endpoint: LocalEndpoint, now_ms: u64) -> LocalResponse {
     match endpoint {
         LocalEndpoint::Health => json(format!(
             "{{\"status\":\"healthy\",\"timestamp\":\"{}\",\"uptime\":\"0s\",\"version\":\"{}\",\"runtime\":\"wasi\"}}\n",
-            crate::rfc3339::format_utc(now_ms),
+            dockerproxy_core::Timestamp::from_millis(now_ms).to_rfc3339(),
             dockerproxy_core::VERSION,
         )),
         LocalEndpoint::Ready => json("{\"status\":\"ready\"}\n".to_owned()),

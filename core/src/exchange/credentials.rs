@@ -89,7 +89,7 @@ impl Exchange {
             "token": token,
             "access_token": token,
             "expires_in": proxy_token::PROXY_TOKEN_LIFETIME.as_secs(),
-            "issued_at": proxy_token::rfc3339(now),
+            "issued_at": now.to_rfc3339(),
         })
         .to_string();
         let mut resp =

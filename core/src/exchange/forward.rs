@@ -222,21 +222,7 @@ impl Exchange {
             return;
         }
         if head.status.is_server_error() {
-            let mut resp = error_response(
-                &oci(
-                    StatusCode::BAD_GATEWAY,
-                    ErrorCode::Unavailable,
-                    "upstream unavailable",
-                ),
-                self.is_head(),
-            );
-            if let Some(ra) = head.headers.get(header::RETRY_AFTER) {
-                resp.headers.insert(header::RETRY_AFTER, ra.clone());
-            }
-            let ns = self.namespace();
-            let x = self.x_cache_default();
-            decorate(&mut resp, ns.as_deref(), x);
-            return self.respond(resp);
+            return self.respond_upstream_error(head);
         }
         if head.status.is_client_error() {
             if self.is_head() {
