@@ -366,3 +366,53 @@ fn manifest_by_tag_is_stored_under_digest_and_tag() {
     assert!(t.stored[0].tag.is_some());
     assert_eq!(t.lookups, 1);
 }
+
+#[test]
+fn unverifiable_success_statuses_are_never_relayed_as_content() {
+    let c = hub();
+    let digest = sha256(b"blob");
+    for status in [201u16, 203, 204, 206] {
+        let t = drive(
+            &c,
+            request(
+                Method::GET,
+                "docker.example.com",
+                &format!("/v2/library/busybox/blobs/{digest}"),
+                &[("authorization", "Bearer good")],
+            ),
+            |_| Ok(Reply::new(status).body("hello blob")),
+        );
+        assert_eq!(
+            t.status(),
+            502,
+            "status {status} must not pass unverified bytes"
+        );
+        let t = drive(
+            &c,
+            get("docker.example.com", "/v2/library/busybox/manifests/latest"),
+            |_| {
+                Ok(Reply::new(status)
+                    .header("content-type", OCI_MANIFEST)
+                    .body(MANIFEST))
+            },
+        );
+        assert_eq!(t.status(), 502, "manifest status {status}");
+    }
+    // A 206 answering the client's own Range is relayed (unverified, never stored).
+    let t = drive(
+        &c,
+        request(
+            Method::GET,
+            "docker.example.com",
+            &format!("/v2/library/busybox/blobs/{digest}"),
+            &[("range", "bytes=0-1")],
+        ),
+        |_| {
+            Ok(Reply::new(206)
+                .header("content-range", "bytes 0-1/4")
+                .body("bl"))
+        },
+    );
+    assert_eq!(t.status(), 206);
+    assert_eq!(t.header("x-cache").unwrap(), "BYPASS");
+}

@@ -238,6 +238,25 @@ impl Exchange {
     /// A 2xx (or an unfollowed 3xx) from the registry or the last redirect hop.
     fn on_success_head(&mut self, head: UpstreamHead) {
         let ok = head.status == StatusCode::OK;
+        let content = matches!(
+            self.request,
+            Some(RegistryRequest::Manifest { .. } | RegistryRequest::Blob { .. })
+        );
+        if content && self.req.method == Method::GET && !ok {
+            // Only a 200 can be verified. A 206 answers the client's own Range (relayed, never
+            // stored) and a 304 its own condition; any other success status would hand out
+            // unverified bytes (found by the `exchange` fuzz target with a 203).
+            let client_range = self.req.headers.contains_key(header::RANGE);
+            let allowed = (head.status == StatusCode::PARTIAL_CONTENT && client_range)
+                || head.status == StatusCode::NOT_MODIFIED;
+            if !allowed {
+                return self.respond_error(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::Unknown,
+                    "unexpected upstream status",
+                );
+            }
+        }
         match self.request.clone() {
             Some(RegistryRequest::Manifest { .. }) if ok && self.req.method == Method::GET => {
                 self.last_head = Some(head);
