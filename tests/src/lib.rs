@@ -10,6 +10,8 @@ pub mod content;
 pub mod corrupt;
 pub mod error;
 pub mod fault_front;
+pub mod faults_chaos;
+pub mod faults_kit;
 pub mod pki;
 pub mod ports;
 pub mod proxy;
