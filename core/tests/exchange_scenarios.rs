@@ -416,3 +416,80 @@ fn unverifiable_success_statuses_are_never_relayed_as_content() {
     assert_eq!(t.status(), 206);
     assert_eq!(t.header("x-cache").unwrap(), "BYPASS");
 }
+
+#[test]
+fn multi_range_on_a_cold_blob_asks_for_the_whole_verified_blob() {
+    let c = hub();
+    let digest = sha256(b"blob");
+    let t = drive(
+        &c,
+        request(
+            Method::GET,
+            "docker.example.com",
+            &format!("/v2/library/busybox/blobs/{digest}"),
+            &[("range", "bytes=0-0,1-1"), ("if-range", "x")],
+        ),
+        |req| {
+            assert!(
+                sent_header(req, "range").is_empty(),
+                "multi-range is not forwarded"
+            );
+            assert!(sent_header(req, "if-range").is_empty());
+            Ok(Reply::new(200).body("blob"))
+        },
+    );
+    assert_eq!(t.status(), 200);
+    assert!(matches!(
+        t.response.unwrap().body,
+        BodyPlan::Upstream {
+            verify: Some(_),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn token_server_redirect_is_refused_not_relayed() {
+    let t = drive(
+        &hub(),
+        get(
+            "docker.example.com",
+            "/v2/auth?scope=repository:library/busybox:pull",
+        ),
+        |req| {
+            if req.url.path() == "/v2/" {
+                return fake_hub(req);
+            }
+            Ok(Reply::new(302).header("location", "http://127.0.0.1:1/steal"))
+        },
+    );
+    assert_eq!(t.status(), 502);
+    assert!(t.header("location").is_none());
+}
+
+#[test]
+fn hostile_pagination_is_rejected_before_any_upstream_request() {
+    for q in ["n=99999999999999999999999", "n=-1", "n=abc", "n=10001"] {
+        let t = drive(
+            &hub(),
+            get(
+                "docker.example.com",
+                &format!("/v2/library/busybox/tags/list?{q}"),
+            ),
+            no_upstream,
+        );
+        assert_eq!(t.status(), 400, "{q}");
+    }
+    let t = drive(
+        &hub(),
+        get(
+            "docker.example.com",
+            "/v2/library/busybox/tags/list?n=100&last=a",
+        ),
+        |req| {
+            assert_eq!(req.url.query(), Some("n=100&last=a"));
+            Ok(Reply::new(200).json(r#"{"name":"library/busybox","tags":[]}"#))
+        },
+    );
+    assert_eq!(t.status(), 200);
+}

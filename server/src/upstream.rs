@@ -103,6 +103,11 @@ impl UpstreamClient {
             .as_str()
             .parse()
             .map_err(|_| UpstreamError::Unreachable)?;
+        // GET/HEAD without a body are retried once when a (pooled) connection dies before the
+        // response head: never after response bytes, never for writes (SECURITY.md §2.5).
+        let retryable = matches!(req.method, http::Method::GET | http::Method::HEAD)
+            && req.body == UpstreamBody::Empty;
+        let retry_parts = retryable.then(|| (req.method.clone(), uri.clone(), req.headers.clone()));
         let body: RequestBody = match req.body {
             UpstreamBody::Empty => Empty::new().map_err(|never| match never {}).boxed(),
             UpstreamBody::Bytes(b) => Full::new(b).map_err(|never| match never {}).boxed(),
@@ -119,7 +124,31 @@ impl UpstreamClient {
         *request.headers_mut() = headers;
         match tokio::time::timeout(self.header_timeout, self.client.request(request)).await {
             Err(_) => Err(UpstreamError::Timeout),
-            Ok(Err(e)) => Err(classify_error(&e)),
+            Ok(Err(e)) => {
+                let kind = classify_error(&e);
+                match retry_parts {
+                    Some((method, uri, mut headers))
+                        if !e.is_connect() && kind == UpstreamError::Unreachable =>
+                    {
+                        tracing::debug!(error = %e, "upstream connection died before the response; retrying once");
+                        headers.remove(http::header::HOST);
+                        let mut again = http::Request::new(
+                            Empty::new().map_err(|never| match never {}).boxed(),
+                        );
+                        *again.method_mut() = method;
+                        *again.uri_mut() = uri;
+                        *again.headers_mut() = headers;
+                        match tokio::time::timeout(self.header_timeout, self.client.request(again))
+                            .await
+                        {
+                            Err(_) => Err(UpstreamError::Timeout),
+                            Ok(Err(e)) => Err(classify_error(&e)),
+                            Ok(Ok(resp)) => Ok(resp),
+                        }
+                    }
+                    _ => Err(kind),
+                }
+            }
             Ok(Ok(resp)) => Ok(resp),
         }
     }

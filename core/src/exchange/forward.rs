@@ -120,6 +120,15 @@ impl Exchange {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+            // Malformed or multiple ranges are ignored (SECURITY.md §2.4): ask for the whole,
+            // verifiable object rather than relay an unverifiable multipart answer.
+            let range = headers.get(header::RANGE).map(HeaderValue::as_bytes);
+            if range.is_some()
+                && crate::range::decide(range, u64::MAX) == crate::range::RangeDecision::Full
+            {
+                headers.remove(header::RANGE);
+                headers.remove(header::IF_RANGE);
+            }
         }
         let is_read = crate::request::is_read(self.method());
         let body = if is_read {
@@ -187,6 +196,15 @@ impl Exchange {
         match step {
             Step::Realm => return self.on_realm_head(head, now),
             Step::Token => {
+                if redirect::is_redirect(head.status.as_u16()) {
+                    // Token requests never follow redirects, and an upstream-chosen Location
+                    // is never handed to the client either (SECURITY.md §2.6).
+                    return self.respond_error(
+                        StatusCode::BAD_GATEWAY,
+                        ErrorCode::Unknown,
+                        "token server redirected",
+                    );
+                }
                 self.last_head = Some(head);
                 self.ask_body(BodyStep::Token, self.config.limits.max_token_bytes);
                 return;

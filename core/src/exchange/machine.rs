@@ -289,6 +289,15 @@ impl Exchange {
                     self.respond(resp);
                     return;
                 }
+                if matches!(r, RegistryRequest::Tags { .. } | RegistryRequest::Catalog)
+                    && !pagination_ok(self.query.as_deref())
+                {
+                    return self.respond_error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::Unsupported,
+                        "invalid pagination: n must be a number from 0 to 10000",
+                    );
+                }
                 self.request = Some(r.clone());
                 match r {
                     RegistryRequest::Base => self.on_ping(now),
@@ -449,4 +458,20 @@ impl Exchange {
         }
         h
     }
+}
+
+/// Largest page (`n`) a client may ask for on `tags/list` and `_catalog`.
+const MAX_PAGE: u64 = 10_000;
+
+/// `n`, when present, appears once and is a plain number no larger than [`MAX_PAGE`] (SECURITY.md §2.2: it never
+/// sizes an allocation, here or upstream).
+fn pagination_ok(query: Option<&str>) -> bool {
+    let values: Vec<_> = form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "n")
+        .map(|(_, v)| v)
+        .collect();
+    values.len() <= 1
+        && values
+            .iter()
+            .all(|v| v.len() <= 6 && v.parse::<u64>().is_ok_and(|n| n <= MAX_PAGE))
 }
