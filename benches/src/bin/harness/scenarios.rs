@@ -393,6 +393,14 @@ async fn cold50(bed: &Bed) -> Outcome {
     let mut slowest = Metric::new(sc, "slowest first byte", "s", true);
     let mut wall = Metric::new(sc, "all done", "s", true);
     let mut failed = Metric::new(sc, "failed downloads", "count", false);
+    // Control: the same herd again once the blob is cached. Its slowest first byte is what the
+    // load core (50 curl processes receiving at once) adds by itself.
+    let mut control = Metric::new(
+        sc,
+        "slowest first byte, same herd warm (control)",
+        "s",
+        true,
+    );
     let path = blob_path(bed);
     for r in 0..bed.args.heavy_rounds {
         for kind in order(r, &CACHING) {
@@ -413,8 +421,12 @@ async fn cold50(bed: &Bed) -> Outcome {
             slowest.push(kind, s);
             wall.push(kind, w);
             failed.push(kind, bad as f64);
+            let warm = curl_herd(&blob_url(bed, &c), &[], N, 300).await?;
+            check_ok("cold50 control", kind, &warm, bed.blob_size)?;
+            let ws = warm.iter().map(|r| r.ttfb).fold(0.0, f64::max);
+            control.push(kind, ws);
             eprintln!(
-                "  round {r} {:<13} {g} GETs {h} HEADs, slowest TTFB {s:.3} s, done {w:.2} s, {bad} failed (load {})",
+                "  round {r} {:<13} {g} GETs {h} HEADs, slowest TTFB {s:.3} s (warm control {ws:.3} s), done {w:.2} s, {bad} failed (load {})",
                 kind.name(),
                 loadavg()
             );
@@ -437,7 +449,7 @@ async fn cold50(bed: &Bed) -> Outcome {
             met: s.is_some_and(|s| s.median <= 0.2),
         },
     ];
-    Ok((vec![gets, heads, slowest, wall, failed], checks))
+    Ok((vec![gets, heads, slowest, control, wall, failed], checks))
 }
 
 // ---------------------------------------------------------------- slow10
