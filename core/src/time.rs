@@ -57,21 +57,6 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     (yoe + era * 400 + u64::from(m <= 2), m, d)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_of_known_instants() {
-        let f = |ms| Timestamp::from_millis(ms).to_rfc3339();
-        assert_eq!(f(0), "1970-01-01T00:00:00Z");
-        assert_eq!(f(951_782_400_000), "2000-02-29T00:00:00Z");
-        assert_eq!(f(1_700_000_000_999), "2023-11-14T22:13:20Z");
-        assert_eq!(f(1_795_953_418_000), "2026-11-29T11:56:58Z");
-        assert_eq!(f(4_102_444_799_000), "2099-12-31T23:59:59Z");
-    }
-}
-
 impl Add<Duration> for Timestamp {
     type Output = Self;
     fn add(self, rhs: Duration) -> Self {
@@ -89,5 +74,20 @@ impl Sub<Duration> for Timestamp {
             self.0
                 .saturating_sub(u64::try_from(rhs.as_millis()).unwrap_or(u64::MAX)),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        let f = |ms| Timestamp::from_millis(ms).to_rfc3339();
+        assert_eq!(f(0), "1970-01-01T00:00:00Z");
+        assert_eq!(f(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(f(1_700_000_000_999), "2023-11-14T22:13:20Z");
+        assert_eq!(f(1_795_953_418_000), "2026-11-29T11:56:58Z");
+        assert_eq!(f(4_102_444_799_000), "2099-12-31T23:59:59Z");
     }
 }
