@@ -68,3 +68,64 @@ fn replay_challenge() {
 fn replay_scope() {
     assert!(replay("scope", auth::check_scope) >= 10);
 }
+
+// Targets added for issue 8: route, token_response, address_policy, verifier, config, exchange.
+// `input` and `routing` are shared by the others and referenced as `crate::input`/`crate::routing`.
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../fuzz/src/input.rs"]
+mod input;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../fuzz/src/routing.rs"]
+mod routing;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../fuzz/src/tokens.rs"]
+mod tokens;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../fuzz/src/address.rs"]
+mod address;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../fuzz/src/verify.rs"]
+mod verify;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../fuzz/src/settings.rs"]
+mod settings;
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../fuzz/src/exchange.rs"]
+mod exchange;
+
+#[test]
+fn replay_route() {
+    assert!(replay("route", routing::check_route) >= 10);
+}
+
+#[test]
+fn replay_token_response() {
+    assert!(replay("token_response", tokens::check_token_response) >= 10);
+}
+
+#[test]
+fn replay_address_policy() {
+    assert!(replay("address_policy", address::check_address) >= 10);
+}
+
+#[test]
+fn replay_verifier() {
+    assert!(replay("verifier", verify::check_verifier) >= 10);
+}
+
+#[test]
+fn replay_config() {
+    assert!(replay("config", settings::check_config) >= 10);
+}
+
+#[test]
+fn replay_exchange() {
+    assert!(replay("exchange", exchange::check_exchange) >= 10);
+}
