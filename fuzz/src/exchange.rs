@@ -43,13 +43,13 @@ const OTHER_2XX_MUST_VERIFY: bool = true;
 /// only the first value (`HeaderMap::get`), so `Authorization: Bearer x` followed by
 /// `Authorization: Bearer dpx1.…` forwards the proxy token upstream (fuzz/crashes/exchange/):
 /// off until fixed; a single `Authorization` line is always checked.
-const ALL_AUTHORIZATION_LINES_CHECKED: bool = false;
+const ALL_AUTHORIZATION_LINES_CHECKED: bool = true;
 
 /// Whether a proxy token is also kept off token requests. `/v2/auth` on a route without
 /// credentials copies the client's `Authorization` to the realm even when it is a proxy token
 /// (`Bearer dpx1.…`, e.g. one issued for ghcr.io sent to the Docker Hub route), so it reaches
 /// auth.docker.io (fuzz/crashes/exchange/): off until fixed; other purposes are always checked.
-const PROXY_TOKEN_KEPT_FROM_REALM: bool = false;
+const PROXY_TOKEN_KEPT_FROM_REALM: bool = true;
 
 /// Tokens the fake realm hands out for the configured credentials start with this; they must
 /// never reach the client.

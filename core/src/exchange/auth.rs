@@ -175,7 +175,20 @@ impl Exchange {
         };
         let mut headers = HeaderMap::new();
         self.add_user_agent(&mut headers);
-        if let Some(auth) = self.req.headers.get(header::AUTHORIZATION) {
+        // The client's own credential goes to the realm; a proxy token never does (SECURITY.md
+        // §2.10, found by the `exchange` fuzz target).
+        if let Some(auth) = self.req.headers.get(header::AUTHORIZATION)
+            && !auth
+                .to_str()
+                .is_ok_and(crate::proxy_token::looks_like_proxy_token)
+            && self
+                .req
+                .headers
+                .get_all(header::AUTHORIZATION)
+                .iter()
+                .count()
+                == 1
+        {
             headers.insert(header::AUTHORIZATION, auth.clone());
         }
         headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));

@@ -46,10 +46,13 @@ pub(super) struct ProxyAuth {
 impl Exchange {
     /// True when the client has no credential of its own for the upstream.
     fn client_is_anonymous(&self) -> bool {
-        match respond::header_str(&self.req.headers, "authorization") {
-            None => true,
-            Some(v) => proxy_token::looks_like_proxy_token(v),
-        }
+        // Every `Authorization` line counts: a client is anonymous only when none of them is a
+        // credential of its own (found by the `exchange` fuzz target with two lines).
+        self.req
+            .headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .all(|v| v.to_str().is_ok_and(proxy_token::looks_like_proxy_token))
     }
 
     /// Decides, before the first upstream request, whether the proxy manages upstream auth.
@@ -104,8 +107,11 @@ impl Exchange {
     /// Applies the proxy's upstream auth to forwarded headers: a proxy token never leaves, the
     /// proxy's Bearer (or Basic) is attached when it has one.
     pub(super) fn apply_proxy_auth(&self, headers: &mut HeaderMap) {
-        if let Some(v) = headers.get(header::AUTHORIZATION)
-            && v.to_str().is_ok_and(proxy_token::looks_like_proxy_token)
+        // A proxy token never leaves the proxy, on whichever line it comes.
+        if headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(proxy_token::looks_like_proxy_token))
         {
             headers.remove(header::AUTHORIZATION);
         }
