@@ -12,6 +12,8 @@ PACKAGES=(docker-registry skopeo apache2-utils openssl curl jq nginx-light wrk
 # libdockerproxy's C tests (ffi/tests/c_tests.rs) and the Nginx module (nginx/, tests/tests/nginx.rs):
 # gcc + make, valgrind, and Debian's Nginx sources and headers (nginx-dev pulls in pcre2, zlib, ssl).
 PACKAGES+=(gcc make valgrind nginx-dev)
+# chattr (read-only cache tests) and unshare/mount are in essential packages; listed for clarity.
+PACKAGES+=(e2fsprogs util-linux)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

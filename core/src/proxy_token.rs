@@ -50,9 +50,6 @@ pub fn verify(key: &[u8; 32], token: &str, registry: &str, now: Timestamp) -> bo
     if prefix != PREFIX || reg != registry || now.as_millis() >= expiry {
         return false;
     }
-    let Ok(expected) = hex::decode(mac(key, payload)) else {
-        return false;
-    };
     let Ok(given) = hex::decode(tag) else {
         return false;
     };
@@ -61,7 +58,7 @@ pub fn verify(key: &[u8; 32], token: &str, registry: &str, now: Timestamp) -> bo
         return false;
     };
     m.update(payload.as_bytes());
-    expected.len() == given.len() && m.verify_slice(&given).is_ok()
+    m.verify_slice(&given).is_ok()
 }
 
 /// True when `authorization` is `Bearer <proxy token>` (any validity): such a value is never
@@ -87,10 +84,11 @@ mod tests {
         assert!(!verify(&KEY, &t, "ghcr.io", NOW));
         assert!(!verify(&[8; 32], &t, "docker.io", NOW));
         assert!(!verify(&KEY, &t, "docker.io", NOW + PROXY_TOKEN_LIFETIME));
+        // Flip the last hex digit: a forged MAC must always be refused.
         let mut forged = t.clone();
-        forged.pop();
-        forged.push('0');
-        assert!(!verify(&KEY, &forged, "docker.io", NOW) || t.ends_with('0'));
+        let last = forged.pop().unwrap();
+        forged.push(if last == '0' { '1' } else { '0' });
+        assert!(!verify(&KEY, &forged, "docker.io", NOW));
         assert!(!verify(&KEY, "dpx1.x.docker.io.00", "docker.io", NOW));
         assert!(!verify(&KEY, "", "docker.io", NOW));
     }

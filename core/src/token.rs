@@ -187,28 +187,18 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// A keyed hash of a client credential for [`Identity::Client`]: the first 8 bytes
-/// (big-endian) of HMAC-SHA256(`key`, `credential`) (RFC 2104).
-///
-/// HMAC is written out here because the core's only crypto dependency is `sha2`; with a 32-byte
-/// key (shorter than SHA-256's 64-byte block) the key is just zero-padded, so the construction is
-/// `H((K ^ opad) || H((K ^ ipad) || msg))`. Keyed, so the hash of a low-entropy password cannot
-/// be brute-forced by someone who sees only the cache key.
+/// (big-endian) of HMAC-SHA256(`key`, `credential`). Keyed, so the hash of a low-entropy
+/// password cannot be brute-forced by someone who sees only the cache key.
 pub fn identity_hash(key: &[u8; 32], credential: &[u8]) -> u64 {
-    use sha2::{Digest, Sha256};
-    let mut block = [0u8; 64];
-    block[..32].copy_from_slice(key);
-    let ipad = block.map(|b| b ^ 0x36);
-    let opad = block.map(|b| b ^ 0x5c);
-    let inner = Sha256::new()
-        .chain_update(ipad)
-        .chain_update(credential)
-        .finalize();
-    let outer = Sha256::new()
-        .chain_update(opad)
-        .chain_update(inner)
-        .finalize();
+    use hmac::{Hmac, Mac};
+    // A 32-byte key is always a valid HMAC key; the fallback is unreachable.
+    let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(key) else {
+        return 0;
+    };
+    mac.update(credential);
+    let out = mac.finalize().into_bytes();
     let mut first = [0u8; 8];
-    first.copy_from_slice(&outer[..8]);
+    first.copy_from_slice(&out[..8]);
     u64::from_be_bytes(first)
 }
 
