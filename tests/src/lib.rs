@@ -19,6 +19,7 @@ pub mod proxy_process;
 pub mod registry;
 pub mod seed;
 pub mod serve;
+pub mod skopeo;
 pub mod storage_blobs;
 pub mod testbed;
 pub mod token_server;

@@ -220,38 +220,13 @@ impl Drop for Nginx {
     }
 }
 
-async fn skopeo(args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new("skopeo");
-    cmd.arg("--insecure-policy").args(args).kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("skopeo timed out")
-        .expect("run skopeo")
+fn assert_pulled(out: &Output, dir: &Path, image: &Image, nginx: &Nginx) {
+    let context = format!("\nnginx error.log:\n{}", nginx.error_log());
+    dockerproxy_tests::skopeo::assert_pulled(out, dir, image, &context);
 }
 
 async fn pull(src: &str, out: &Path, extra: &[&str]) -> Output {
-    let src = format!("docker://{src}");
-    let dest = format!("dir:{}", out.display());
-    let mut args = vec!["copy", "--src-tls-verify=false"];
-    args.extend_from_slice(extra);
-    args.push(&src);
-    args.push(&dest);
-    skopeo(&args).await
-}
-
-fn assert_pulled(out: &Output, dir: &Path, image: &Image, nginx: &Nginx) {
-    assert!(
-        out.status.success(),
-        "skopeo failed: {}\nnginx error.log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        nginx.error_log()
-    );
-    let manifest = std::fs::read(dir.join("manifest.json")).expect("manifest.json");
-    assert_eq!(sha256_digest(&manifest), image.manifest.digest);
-    for blob in image.layers.iter().chain(std::iter::once(&image.config)) {
-        let data = std::fs::read(dir.join(blob.hex())).expect("blob file");
-        assert_eq!(sha256_digest(&data), blob.digest);
-    }
+    dockerproxy_tests::skopeo::pull(src, out, extra).await
 }
 
 fn realm_origin(bed: &TestBed) -> Vec<String> {

@@ -5,9 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::Duration;
 
 use dockerproxy_tests::content::sha256_digest;
+use dockerproxy_tests::skopeo::{assert_pulled as assert_pulled_ctx, pull};
 use dockerproxy_tests::{
     FaultFront, Image, Mode, ProxyHandle, SeedOptions, TestBed, docker_hub_route_toml,
     require_tools,
@@ -16,44 +16,6 @@ use dockerproxy_tests::{
 const SMALL: SeedOptions = SeedOptions {
     big_layer_size: 1 << 20,
 };
-
-async fn skopeo(args: &[&str]) -> Output {
-    let mut cmd = tokio::process::Command::new("skopeo");
-    cmd.arg("--insecure-policy").args(args).kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(60), cmd.output())
-        .await
-        .expect("skopeo timed out")
-        .expect("run skopeo")
-}
-
-/// `skopeo copy docker://<src> dir:<out>` through the plain-HTTP proxy.
-async fn pull(src: &str, out: &Path, extra: &[&str]) -> Output {
-    let src = format!("docker://{src}");
-    let dest = format!("dir:{}", out.display());
-    let mut args = vec!["copy", "--src-tls-verify=false"];
-    args.extend_from_slice(extra);
-    args.push(&src);
-    args.push(&dest);
-    skopeo(&args).await
-}
-
-fn assert_pulled(out: &Output, dir: &Path, image: &Image) {
-    assert!(
-        out.status.success(),
-        "skopeo failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let manifest = std::fs::read(dir.join("manifest.json")).expect("manifest.json");
-    assert_eq!(
-        sha256_digest(&manifest),
-        image.manifest.digest,
-        "manifest bytes differ from the seeded ones"
-    );
-    for layer in image.layers.iter().chain(std::iter::once(&image.config)) {
-        let data = std::fs::read(dir.join(layer.hex())).expect("blob file");
-        assert_eq!(sha256_digest(&data), layer.digest);
-    }
-}
 
 fn out_dir(bed: &TestBed, name: &str) -> PathBuf {
     bed.tmp.path().join(name)
@@ -266,4 +228,8 @@ async fn tls_upstream_with_private_ca() {
     )
     .await;
     assert_pulled(&out, &dir, &bed.seeded.busybox);
+}
+
+fn assert_pulled(out: &Output, dir: &Path, image: &Image) {
+    assert_pulled_ctx(out, dir, image, "");
 }

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dockerproxy_tests::content::sha256_digest;
 use dockerproxy_tests::corrupt::{CorruptFront, Mangle};
@@ -71,38 +71,6 @@ fn realm_origin(bed: &TestBed) -> Vec<String> {
         .collect()
 }
 
-async fn skopeo_pull(src: &str, out: &Path, extra: &[&str]) -> Output {
-    let src = format!("docker://{src}");
-    let dest = format!("dir:{}", out.display());
-    let mut cmd = tokio::process::Command::new("skopeo");
-    cmd.args(["--insecure-policy", "copy", "--src-tls-verify=false"])
-        .args(extra)
-        .args([&src, &dest])
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(120), cmd.output())
-        .await
-        .expect("skopeo timed out")
-        .expect("run skopeo")
-}
-
-fn assert_pulled(out: &Output, dir: &Path, image: &Image) {
-    assert!(
-        out.status.success(),
-        "skopeo failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let manifest = std::fs::read(dir.join("manifest.json")).expect("manifest.json");
-    assert_eq!(
-        sha256_digest(&manifest),
-        image.manifest.digest,
-        "manifest bytes differ from the seeded ones"
-    );
-    for layer in image.layers.iter().chain(std::iter::once(&image.config)) {
-        let data = std::fs::read(dir.join(layer.hex())).expect("blob file");
-        assert_eq!(sha256_digest(&data), layer.digest);
-    }
-}
-
 fn out_dir(bed: &TestBed, name: &str) -> PathBuf {
     bed.tmp.path().join(name)
 }
@@ -133,7 +101,7 @@ async fn token_registry_pull_through_the_component_anonymous_and_with_credential
 
     let started = Instant::now();
     let dir = out_dir(&bed, "anon");
-    let out = skopeo_pull(
+    let out = pull(
         &format!("{}/library/busybox:latest", host.host_port()),
         &dir,
         &[],
@@ -151,7 +119,7 @@ async fn token_registry_pull_through_the_component_anonymous_and_with_credential
 
     // A private repository: refused anonymously, served with the client's credentials.
     let dir = out_dir(&bed, "private-anon");
-    let out = skopeo_pull(
+    let out = pull(
         &format!("{}/private/secret:1.0", host.host_port()),
         &dir,
         &[],
@@ -162,7 +130,7 @@ async fn token_registry_pull_through_the_component_anonymous_and_with_credential
         "anonymous pull of a private repository must fail"
     );
     let dir = out_dir(&bed, "private-alice");
-    let out = skopeo_pull(
+    let out = pull(
         &format!("{}/private/secret:1.0", host.host_port()),
         &dir,
         &["--src-creds", "alice:secret"],
@@ -214,7 +182,7 @@ async fn blob_redirect_to_a_cdn_rejecting_authorization() {
     let host = start_host(&toml, &outbound);
 
     let dir = out_dir(&bed, "cdn");
-    let out = skopeo_pull(
+    let out = pull(
         &format!("{}/library/busybox:latest", host.host_port()),
         &dir,
         &[],
@@ -338,4 +306,12 @@ async fn wrong_blob_bytes_abort_the_response_before_the_last_byte() {
     let (body, err) = read_body(client.get(&url).send().await.unwrap()).await;
     assert!(err.is_none(), "{err:?}");
     assert_eq!(sha256_digest(&body), blob.digest);
+}
+
+fn assert_pulled(out: &Output, dir: &Path, image: &Image) {
+    dockerproxy_tests::skopeo::assert_pulled(out, dir, image, "");
+}
+
+async fn pull(src: &str, out: &Path, extra: &[&str]) -> Output {
+    dockerproxy_tests::skopeo::pull(src, out, extra).await
 }
