@@ -379,7 +379,9 @@ impl<F: Fn(&str) -> Option<String>> EnvSource for F {
 impl Config {
     /// True when forwarded headers from `peer` are honoured.
     pub fn is_trusted_peer(&self, peer: Option<IpAddr>) -> bool {
-        peer.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
+        // A dual-stack listener reports IPv4 peers as `::ffff:a.b.c.d`.
+        peer.map(|ip| ip.to_canonical())
+            .is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
     }
 
     /// The registry of a route host, if `host` (normalised) is one.

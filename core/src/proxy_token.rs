@@ -85,7 +85,7 @@ mod tests {
         assert!(!verify(&[8; 32], &t, "docker.io", NOW));
         assert!(!verify(&KEY, &t, "docker.io", NOW + PROXY_TOKEN_LIFETIME));
         // Flip the last hex digit: a forged MAC must always be refused.
-        let mut forged = t.clone();
+        let mut forged = t;
         let last = forged.pop().unwrap();
         forged.push(if last == '0' { '1' } else { '0' });
         assert!(!verify(&KEY, &forged, "docker.io", NOW));

@@ -963,3 +963,30 @@ fn compat_58_cache_disabled_means_bypass_and_no_lookup() {
     assert_eq!(t.header("x-cache").unwrap(), "BYPASS");
     assert!(t.stored.is_empty());
 }
+
+#[test]
+fn ipv4_mapped_loopback_peers_count_as_loopback_and_trusted() {
+    let mut c = cfg();
+    c.metrics = dockerproxy_core::config::Exposure::Loopback;
+    let mut req = get("x", "/metrics");
+    req.peer = Some("::ffff:127.0.0.1".parse().unwrap());
+    let t = drive(&c, req, no_upstream);
+    assert_eq!(t.local, Some(LocalEndpoint::Metrics));
+    let mut req = get("x", "/metrics");
+    req.peer = Some("::ffff:203.0.113.9".parse().unwrap());
+    let t = drive(&c, req, no_upstream);
+    assert_eq!(t.status(), 404);
+    let mut req = request(
+        Method::GET,
+        "docker.example.com",
+        "/v2/",
+        &[("x-forwarded-proto", "https")],
+    );
+    req.peer = Some("::ffff:127.0.0.1".parse().unwrap());
+    let t = drive(&c, req, ping_401);
+    assert!(
+        t.header("www-authenticate")
+            .unwrap()
+            .contains("realm=\"https://")
+    );
+}

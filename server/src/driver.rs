@@ -87,7 +87,7 @@ pub async fn handle(
     for _ in 0..MAX_ACTIONS {
         match ex.poll_action(state::now()) {
             Action::Local(endpoint) => {
-                let r = crate::local::render(&state, endpoint, &method, peer);
+                let r = crate::local::render(&state, endpoint);
                 log.status = r.status.as_u16();
                 return build(
                     r.status,

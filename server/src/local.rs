@@ -5,15 +5,12 @@
 //!
 //! Health is a liveness check: it never depends on upstreams or disk.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dockerproxy_core::config::Exposure;
 use dockerproxy_core::duration::format_go_duration;
 use dockerproxy_core::exchange::LocalEndpoint;
-use dockerproxy_core::oci_error::{ErrorCode, OciError};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 
 use crate::state::{self, ServerState};
 use crate::store::{KindStats, StoreStats};
@@ -29,47 +26,9 @@ pub struct LocalResponse {
     pub body: Bytes,
 }
 
-/// Renders `endpoint` for a request with `method` from `peer`.
-pub fn render(
-    state: &ServerState,
-    endpoint: LocalEndpoint,
-    method: &Method,
-    peer: Option<IpAddr>,
-) -> LocalResponse {
-    let exposure = match endpoint {
-        LocalEndpoint::Stats | LocalEndpoint::StatsCache => Some(state.config.stats),
-        LocalEndpoint::Metrics => Some(state.config.metrics),
-        LocalEndpoint::Health | LocalEndpoint::Ready => None,
-    };
-    if let Some(exposure) = exposure {
-        let allowed = match exposure {
-            Exposure::Main => true,
-            Exposure::Loopback => peer.is_some_and(|ip| ip.to_canonical().is_loopback()),
-            Exposure::Off => false,
-        };
-        if !allowed {
-            let e = OciError::new(StatusCode::NOT_FOUND, ErrorCode::Unsupported, "not found");
-            return LocalResponse {
-                status: e.status,
-                headers: e.headers(),
-                body: e.body(),
-            };
-        }
-    }
-    if method != Method::GET && method != Method::HEAD {
-        let e = OciError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::Unsupported,
-            "method not allowed",
-        );
-        let mut headers = e.headers();
-        headers.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return LocalResponse {
-            status: e.status,
-            headers,
-            body: e.body(),
-        };
-    }
+/// Renders `endpoint`. Exposure (main/loopback/off) and the allowed methods were decided by the
+/// core before it asked for the endpoint.
+pub fn render(state: &ServerState, endpoint: LocalEndpoint) -> LocalResponse {
     match endpoint {
         LocalEndpoint::Health => json(StatusCode::OK, health_json(state)),
         LocalEndpoint::Ready => {

@@ -326,7 +326,11 @@ impl Exchange {
         };
         let visible = match exposure {
             Exposure::Main => true,
-            Exposure::Loopback => self.req.peer.is_some_and(|p| p.is_loopback()),
+            // A dual-stack listener reports IPv4 peers as `::ffff:a.b.c.d`.
+            Exposure::Loopback => self
+                .req
+                .peer
+                .is_some_and(|p| p.to_canonical().is_loopback()),
             Exposure::Off => false,
         };
         if !visible {
