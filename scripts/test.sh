@@ -10,6 +10,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "installing test dependencies"
 bash scripts/install-test-deps.sh
+bash scripts/install-garage.sh
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi

@@ -54,6 +54,8 @@ pub struct Origin {
 
 impl Origin {
     /// Parses `scheme://host[:port]` (a trailing `/` is allowed; a path, query or userinfo is not).
+    /// A domain may end in one dot, which is dropped; a host with any other empty label
+    /// (`a..`, `.`, `a..b`) is refused (SECURITY.md §2.18).
     pub fn parse(s: &str) -> Result<Self, ConfigError> {
         let u = url::Url::parse(s.trim())
             .map_err(|e| ConfigError::new("origin", format!("{s:?}: {e}")))?;
@@ -80,7 +82,21 @@ impl Origin {
             ));
         }
         let host = match u.host() {
-            Some(url::Host::Domain(d)) => d.trim_end_matches('.').to_ascii_lowercase(),
+            Some(url::Host::Domain(d)) => {
+                // One trailing dot (the DNS root) is dropped; any other empty label is refused,
+                // so the stored host means what the URL meant (`254.0.0..` would otherwise
+                // become the IPv4 literal `254.0.0`, and `.` an empty host).
+                let d = d.strip_suffix('.').unwrap_or(d);
+                if d.is_empty() || crate::route::has_empty_label(d) {
+                    return Err(ConfigError::new(
+                        "origin",
+                        format!(
+                            "{s:?}: the host has an empty label (only one trailing dot is allowed)"
+                        ),
+                    ));
+                }
+                d.to_ascii_lowercase()
+            }
             Some(url::Host::Ipv4(a)) => a.to_string(),
             Some(url::Host::Ipv6(a)) => format!("[{a}]"),
             None => return Err(ConfigError::new("origin", format!("{s:?}: no host"))),
@@ -193,6 +209,8 @@ pub struct CacheSettings {
     pub max_size: u64,
     /// `max_stale`: oldest stale tag that may be served on a transient failure.
     pub max_stale: Duration,
+    /// The shared store on an S3-compatible object store (`[s3]`), beside the local disk.
+    pub s3: Option<S3Settings>,
 }
 
 /// Exposure of `/stats` and `/metrics` (COMPAT.md §2).
@@ -204,6 +222,8 @@ pub enum Exposure {
     Loopback,
     /// Disabled (404).
     Off,
+    /// Only to proxy-login admins (`login.admins`) with valid credentials; others get 401.
+    Login,
 }
 
 /// Limits and timeouts (SECURITY.md §2.5, §2.14). Tests set them in milliseconds.
@@ -225,6 +245,13 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Client request-header timeout.
     pub client_header_timeout: Duration,
+    /// Upstream fetches in flight at once, from the request head to the end of the body
+    /// (256; SECURITY.md §2.14). Cache hits and requests joining a fill take no slot.
+    pub max_upstream_fetches: usize,
+    /// How long a request waits for a fetch slot before `503` with `Retry-After` (2 s).
+    pub upstream_fetch_wait: Duration,
+    /// Listen backlog of the server's sockets (1024; the kernel caps it at `somaxconn`).
+    pub listen_backlog: u32,
 }
 
 impl Default for Limits {
@@ -238,6 +265,9 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             client_header_timeout: Duration::from_secs(10),
+            max_upstream_fetches: 256,
+            upstream_fetch_wait: Duration::from_secs(2),
+            listen_backlog: 1024,
         }
     }
 }
@@ -308,6 +338,8 @@ pub struct Config {
     /// hashes of client credentials. The loader leaves it zero; wrappers set a random key at
     /// start (a forged proxy token grants nothing an anonymous client does not already get).
     pub secret_key: [u8; 32],
+    /// Client login on the proxy (`[login]` or `LOGIN_HTPASSWD`); `None` = off.
+    pub login: Option<crate::login::LoginSettings>,
 }
 
 /// One exact outbound address exception (SECURITY.md §2.9): never a wildcard or a range.
@@ -400,9 +432,150 @@ impl Config {
 mod env;
 mod file;
 mod load;
+mod login;
 mod routes;
+mod s3;
+pub use s3::{DEFAULT_LEASE_TTL, S3File, S3Settings};
 pub use file::{
     ConfigFile, CredentialsFile, ExposureSetting, FlavourSetting, LimitsFile, RedirectsSetting,
     RouteFile, SchemeSetting, SizeValue, parse_file,
 };
+pub use login::{LoginAllowFile, LoginFile};
 pub use load::{load, load_with};
+
+#[cfg(test)]
+mod limits_tests {
+    use std::collections::BTreeMap;
+
+    use super::{Duration, load};
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn fetch_cap_and_backlog_defaults() {
+        let (c, _) = load(&env(&[]), None).unwrap();
+        assert_eq!(c.limits.max_upstream_fetches, 256);
+        assert_eq!(c.limits.upstream_fetch_wait, Duration::from_secs(2));
+        assert_eq!(c.limits.listen_backlog, 1024);
+    }
+
+    #[test]
+    fn fetch_cap_and_backlog_from_env_then_file() {
+        let e = env(&[("MAX_UPSTREAM_FETCHES", "8"), ("LISTEN_BACKLOG", "2048")]);
+        let (c, _) = load(&e, None).unwrap();
+        assert_eq!(c.limits.max_upstream_fetches, 8);
+        assert_eq!(c.limits.listen_backlog, 2048);
+        let toml = "[limits]\nmax_upstream_fetches = 2\nupstream_fetch_wait = \"0s\"\nlisten_backlog = 4096\n";
+        let (c, _) = load(&e, Some(toml)).unwrap();
+        assert_eq!(c.limits.max_upstream_fetches, 2);
+        assert_eq!(c.limits.upstream_fetch_wait, Duration::ZERO);
+        assert_eq!(c.limits.listen_backlog, 4096);
+    }
+
+    #[test]
+    fn fetch_cap_and_backlog_refused_values_name_the_key() {
+        for (k, v) in [
+            ("MAX_UPSTREAM_FETCHES", "0"),
+            ("MAX_UPSTREAM_FETCHES", "lots"),
+            ("MAX_UPSTREAM_FETCHES", "70000"),
+            ("LISTEN_BACKLOG", "0"),
+            ("LISTEN_BACKLOG", "65536"),
+        ] {
+            let err = load(&env(&[(k, v)]), None).unwrap_err();
+            assert_eq!(err.key, k, "{v}: {err}");
+        }
+        for (toml, key) in [
+            (
+                "[limits]\nmax_upstream_fetches = 0\n",
+                "limits.max_upstream_fetches",
+            ),
+            ("[limits]\nlisten_backlog = 0\n", "limits.listen_backlog"),
+            (
+                "[limits]\nupstream_fetch_wait = \"2m\"\n",
+                "limits.upstream_fetch_wait",
+            ),
+        ] {
+            let err = load(&env(&[]), Some(toml)).unwrap_err();
+            assert_eq!(err.key, key, "{toml}: {err}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::{Origin, Scheme};
+
+    /// fuzz/crashes/config/origin_multi_dot_becomes_ipv4*: the URL parser reads `254.0.0..` as a
+    /// domain; trimming every dot used to store the IPv4 literal `254.0.0`.
+    #[test]
+    fn origin_multi_dot_becomes_ipv4_refused() {
+        let e = Origin::parse("http://254.0.0..").unwrap_err();
+        assert_eq!(e.key, "origin");
+        assert!(e.message.contains("empty label"), "{e}");
+    }
+
+    /// fuzz/crashes/config/origin_multi_dot_unparsable*: `1v8.08..` used to become `1v8.08`,
+    /// which no URL parser accepts.
+    #[test]
+    fn origin_multi_dot_unparsable_refused() {
+        assert!(Origin::parse("http://1v8.08..").is_err());
+        assert!(Origin::parse("http://1V8.08..").is_err());
+    }
+
+    /// fuzz/crashes/config/origin_dots_only_empty_host*: a host of dots only used to load with
+    /// an empty host.
+    #[test]
+    fn origin_dots_only_empty_host_refused() {
+        for bad in ["https://.", "http:/%2E", "https://..", "https://...:5000"] {
+            assert!(Origin::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn origin_empty_inner_or_leading_label_refused() {
+        for bad in [
+            "https://a..b",
+            "https://.a",
+            "https://a.b..",
+            "https://a.b../",
+        ] {
+            assert!(Origin::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// SECURITY.md §2.18: such origins stop the load with an error naming the key.
+    #[test]
+    fn load_refuses_multi_dot_origins() {
+        use std::collections::BTreeMap;
+        for target in ["http://254.0.0..", "http:/%2E", "https://."] {
+            let env: BTreeMap<String, String> = [
+                ("DEBUG".to_owned(), "true".to_owned()),
+                ("TARGET_UPSTREAM".to_owned(), target.to_owned()),
+            ]
+            .into();
+            let e = super::load(&env, None).unwrap_err();
+            assert_eq!(e.key, "TARGET_UPSTREAM", "{target:?}: {e}");
+        }
+        let env = BTreeMap::new();
+        let toml = "[routes.\"r.example.com\"]\nupstream = \"https://.\"\n";
+        let e = super::load(&env, Some(toml)).unwrap_err();
+        assert!(e.key.contains("upstream"), "{e}");
+    }
+
+    /// One trailing dot is the DNS root: dropped, and the result round-trips.
+    #[test]
+    fn origin_single_trailing_dot_round_trips() {
+        let o = Origin::parse("https://Registry.Example.COM.:5000/").unwrap();
+        assert_eq!(o.scheme, Scheme::Https);
+        assert_eq!(o.host, "registry.example.com");
+        assert_eq!(o.port, 5000);
+        assert_eq!(Origin::parse(&o.to_url_string()), Ok(o));
+        let ip = Origin::parse("http://254.0.0.").unwrap();
+        assert_eq!(ip.host, "254.0.0.0");
+    }
+}

@@ -161,6 +161,10 @@ pub struct StoreTarget {
     pub key: CacheKey,
     /// Repository the object was fetched through.
     pub repository: Name,
+    /// The inclusive byte range the client gets (a `206` served from the growing fill once the
+    /// verifier released it), while the whole blob is fetched and stored; `None`: the whole body.
+    /// Only planned after [`CacheResult::Lead`].
+    pub range: Option<(u64, u64)>,
 }
 
 /// A cache lookup: the key, plus what the store needs to answer the authorisation questions of
@@ -204,6 +208,12 @@ impl Access {
 pub enum CacheResult {
     /// No entry (or the cache is off or broken).
     Miss,
+    /// No entry, and this request leads the store's fill of it (a blob): the verified body of a
+    /// whole `200` answer is stored, and the store can serve a byte range of it while it fills.
+    /// The exchange then asks for the whole blob even for a `Range` request and answers the
+    /// range from the fill (COMPAT.md §8.4). Only a wrapper with a fill-capable store answers
+    /// this; any other treats every miss as [`CacheResult::Miss`].
+    Lead,
     /// A blob of this size is stored.
     Blob {
         /// Size in bytes.
@@ -302,6 +312,11 @@ pub enum Action {
         /// Byte limit.
         limit: usize,
     },
+    /// Check a proxy-login password (bcrypt: slow by design, so run
+    /// [`crate::login::verify_password`] off the event loop); answer with
+    /// `handle_password_result`. A wrapper may answer from a short memo of successes keyed by
+    /// [`crate::login::memo_key`], and may throttle repeated failures.
+    VerifyPassword(crate::login::PasswordCheck),
     /// Send this response. After it, poll again (normally `Done`).
     Respond(Response),
     /// Nothing to do until the deadline (or an input).
@@ -314,6 +329,7 @@ mod auth;
 mod cache;
 mod credentials;
 mod forward;
+mod login;
 mod machine;
 mod respond;
 

@@ -34,6 +34,7 @@ pub mod config;
 pub mod duration;
 pub mod exchange;
 pub mod headers;
+pub mod login;
 pub mod oci_error;
 pub mod proxy_token;
 pub mod range;

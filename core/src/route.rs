@@ -33,8 +33,9 @@ pub struct HostPort {
 /// Trims and lower-cases; `[v6]` then an optional `:port`; otherwise exactly one `:` splits host
 /// and port, and two or more colons leave the whole value as the host (it matches nothing).
 /// One trailing `.` is removed. IPv6 literals are put in canonical form. Unusable: characters
-/// outside visible ASCII, an unclosed or invalid `[...]`, a port that is not 1-65535 in digits.
-/// An empty port (`host:`) counts as no port.
+/// outside visible ASCII, an unclosed or invalid `[...]`, a port that is not 1-65535 in digits,
+/// a host with an empty label other than the one trailing dot (`a..`, `.a`, `a..b`), so the
+/// result normalises to itself. An empty port (`host:`) counts as no port.
 pub fn normalize_host(raw: &str) -> Option<HostPort> {
     let s = raw.trim().to_ascii_lowercase();
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic()) {
@@ -58,13 +59,19 @@ pub fn normalize_host(raw: &str) -> Option<HostPort> {
         _ => (s.as_str(), None),
     };
     let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
+    if host.is_empty() || has_empty_label(host) {
         return None;
     }
     Some(HostPort {
         host: host.to_owned(),
         port,
     })
+}
+
+/// True when a dot-separated name has an empty label: a leading or trailing dot, or two dots in
+/// a row. Callers strip the one permitted trailing dot first.
+pub(crate) fn has_empty_label(host: &str) -> bool {
+    host.starts_with('.') || host.ends_with('.') || host.contains("..")
 }
 
 /// `Some(None)` for no port, `Some(Some(p))` for a valid one, `None` when unusable.
@@ -446,6 +453,44 @@ mod tests {
             "::1",
         ] {
             assert!(!is_valid_host(bad), "{bad}");
+        }
+    }
+
+    /// fuzz/crashes/route/normalize_host_not_idempotent_*: `a..` used to give `a.`, which
+    /// normalised to `a`.
+    #[test]
+    fn normalize_host_refuses_empty_labels() {
+        for bad in [
+            "a..", "mi10..", "a..:80", "a..b", ".a", ".a.", "..", "...", "a...",
+        ] {
+            assert_eq!(normalize_host(bad), None, "{bad:?}");
+        }
+        assert_eq!(normalize_host("a."), hp("a", None));
+        assert_eq!(normalize_host("a.b.:443"), hp("a.b", Some(443)));
+    }
+
+    /// Normalising the rendering of a result gives the result back (the route fuzz oracle).
+    #[test]
+    fn normalize_host_is_idempotent() {
+        for raw in [
+            "a",
+            "a.",
+            "a..",
+            "A.B.",
+            "a.b..:80",
+            "[::1]:80",
+            "x:y:z",
+            "mi10..\n\u{1}",
+            "h.:",
+        ] {
+            let Some(first) = normalize_host(raw) else {
+                continue;
+            };
+            let rendered = match first.port {
+                Some(p) => format!("{}:{p}", first.host),
+                None => first.host.clone(),
+            };
+            assert_eq!(normalize_host(&rendered), Some(first), "{raw:?}");
         }
     }
 

@@ -470,3 +470,167 @@ fn digest_manifest_hit_of_an_unaccepted_media_type_goes_upstream() {
     );
     assert_eq!(t.header("x-cache").unwrap(), "HIT");
 }
+
+// ----------------------------------------------------------------------------------------------
+// A Range GET of an uncached blob is served from the fill it leads (COMPAT.md §8.4, issue 8)
+// ----------------------------------------------------------------------------------------------
+
+const BLOB: &[u8] = b"0123456789abcdefghij";
+
+fn ranged(range: &str) -> dockerproxy_core::exchange::RequestHead {
+    request(
+        Method::GET,
+        "docker.example.com",
+        &blob_path(),
+        &[("range", range)],
+    )
+}
+
+fn whole_blob(req: &dockerproxy_core::exchange::UpstreamRequest) -> Result<Reply, UpstreamError> {
+    assert_eq!(req.method, Method::GET);
+    assert!(sent_header(req, "range").is_empty(), "Range sent upstream");
+    assert!(sent_header(req, "if-range").is_empty());
+    Ok(Reply::new(200)
+        .header("content-length", BLOB.len().to_string())
+        .body(BLOB))
+}
+
+fn fill_target(t: &Transcript) -> (Option<Digest>, dockerproxy_core::exchange::StoreTarget) {
+    match &t.response.as_ref().unwrap().body {
+        BodyPlan::Upstream {
+            verify,
+            store: Some(target),
+        } => (verify.clone(), target.clone()),
+        other => panic!("not a fill: {other:?}"),
+    }
+}
+
+#[test]
+fn range_on_a_lead_miss_asks_for_the_whole_blob_and_answers_206_from_the_fill() {
+    let t = run(ranged("bytes=5-9"), |_| CacheResult::Lead, whole_blob);
+    assert_eq!(t.sent.len(), 1, "exactly one upstream request");
+    assert_eq!(t.status(), 206);
+    assert_eq!(t.header("content-range").unwrap(), "bytes 5-9/20");
+    assert_eq!(t.header("content-length").unwrap(), "5");
+    assert_eq!(t.header("x-cache").unwrap(), "MISS");
+    assert_eq!(t.header("docker-content-digest").unwrap(), sha256(BLOB));
+    let (verify, target) = fill_target(&t);
+    assert_eq!(verify.unwrap().to_string(), sha256(BLOB));
+    assert_eq!(target.range, Some((5, 9)));
+    assert_eq!(target.repository.as_str(), "library/busybox");
+    // Open-ended and suffix ranges are clamped to the announced length.
+    let t = run(ranged("bytes=15-"), |_| CacheResult::Lead, whole_blob);
+    assert_eq!(t.header("content-range").unwrap(), "bytes 15-19/20");
+    assert_eq!(fill_target(&t).1.range, Some((15, 19)));
+    let t = run(ranged("bytes=-4"), |_| CacheResult::Lead, whole_blob);
+    assert_eq!(t.header("content-range").unwrap(), "bytes 16-19/20");
+    assert_eq!(fill_target(&t).1.range, Some((16, 19)));
+}
+
+#[test]
+fn range_on_a_lead_miss_unsatisfiable_multi_or_unsized() {
+    let t = run(ranged("bytes=20-"), |_| CacheResult::Lead, whole_blob);
+    assert_eq!(t.status(), 416);
+    assert_eq!(t.header("content-range").unwrap(), "bytes */20");
+    assert_eq!(t.header("content-length").unwrap(), "0");
+    assert_eq!(t.response.as_ref().unwrap().body, BodyPlan::Empty);
+    // Multiple ranges: the whole verified blob, stored (SECURITY.md §2.4).
+    let t = run(ranged("bytes=0-1,5-6"), |_| CacheResult::Lead, whole_blob);
+    assert_eq!(t.status(), 200);
+    assert!(t.header("content-range").is_none());
+    assert_eq!(t.header("content-length").unwrap(), "20");
+    assert_eq!(fill_target(&t).1.range, None);
+    // No announced length: the range cannot be framed before the end, so the whole body.
+    let t = run(
+        ranged("bytes=5-9"),
+        |_| CacheResult::Lead,
+        |req| {
+            assert!(sent_header(req, "range").is_empty());
+            Ok(Reply::new(200).body(BLOB))
+        },
+    );
+    assert_eq!(t.status(), 200);
+    assert_eq!(fill_target(&t).1.range, None);
+}
+
+#[test]
+fn range_on_a_lead_miss_refuses_an_unasked_206() {
+    let t = run(
+        ranged("bytes=5-9"),
+        |_| CacheResult::Lead,
+        |_| {
+            Ok(Reply::new(206)
+                .header("content-range", "bytes 5-9/20")
+                .header("content-length", "5")
+                .body(&BLOB[5..10]))
+        },
+    );
+    assert_eq!(t.status(), 502, "a 206 to a whole-blob GET is unverifiable");
+}
+
+#[test]
+fn range_on_a_lead_miss_follows_a_redirect_without_range() {
+    let t = run(
+        ranged("bytes=5-9"),
+        |_| CacheResult::Lead,
+        |req| {
+            assert!(sent_header(req, "range").is_empty(), "{}", req.url);
+            if req.url.path().starts_with("/v2/") {
+                Ok(Reply::new(307).header("location", "https://cdn.test/blob?sig=1"))
+            } else {
+                Ok(Reply::new(200).header("content-length", "20").body(BLOB))
+            }
+        },
+    );
+    assert_eq!(t.sent.len(), 2);
+    assert_eq!(t.status(), 206);
+    assert_eq!(fill_target(&t).1.range, Some((5, 9)));
+}
+
+#[test]
+fn range_on_a_plain_miss_is_still_forwarded() {
+    // A wrapper without a fill-capable store (FFI, Nginx) answers Miss: the range is forwarded
+    // and the upstream's 206 relayed, never stored.
+    let t = run(
+        ranged("bytes=5-9"),
+        |_| CacheResult::Miss,
+        |req| {
+            assert_eq!(sent_header(req, "range"), ["bytes=5-9"]);
+            Ok(Reply::new(206)
+                .header("content-range", "bytes 5-9/20")
+                .header("content-length", "5")
+                .body(&BLOB[5..10]))
+        },
+    );
+    assert_eq!(t.status(), 206);
+    assert_eq!(t.header("x-cache").unwrap(), "BYPASS");
+    assert!(matches!(
+        t.response.as_ref().unwrap().body,
+        BodyPlan::Upstream { store: None, .. }
+    ));
+}
+
+#[test]
+fn lead_without_range_is_a_plain_miss() {
+    let t = run(
+        get("docker.example.com", &blob_path()),
+        |_| CacheResult::Lead,
+        whole_blob,
+    );
+    assert_eq!(t.status(), 200);
+    assert_eq!(t.header("x-cache").unwrap(), "MISS");
+    assert_eq!(fill_target(&t).1.range, None);
+    // A manifest lead is a miss too.
+    let t = run(
+        tag_req(&[("range", "bytes=0-3")]),
+        |_| CacheResult::Lead,
+        |req| {
+            assert_eq!(sent_header(req, "range"), ["bytes=0-3"]);
+            Ok(Reply::new(200)
+                .header("content-type", OCI)
+                .header("docker-content-digest", digest().to_string())
+                .body(BODY))
+        },
+    );
+    assert_eq!(t.status(), 200);
+}

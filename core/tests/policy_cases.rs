@@ -80,6 +80,7 @@ fn config() -> Config {
             blob_ttl: Duration::ZERO,
             max_size: 0,
             max_stale: Duration::from_secs(86_400),
+            s3: None,
         },
         // Every other field from the loader's defaults, so new fields need no edit here.
         ..dockerproxy_core::config::load(&BTreeMap::<String, String>::new(), None)

@@ -304,6 +304,8 @@ impl dp_action {
             Action::ReadClientBody { .. } => DP_ACTION_READ_CLIENT_BODY,
             Action::Respond(_) => DP_ACTION_RESPOND,
             Action::Wait(_) => DP_ACTION_WAIT,
+            // Answered inside `dp_exchange_poll`; never handed to C.
+            Action::VerifyPassword(_) => DP_ACTION_DONE,
             Action::Done => DP_ACTION_DONE,
         }
     }

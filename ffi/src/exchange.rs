@@ -185,7 +185,19 @@ pub unsafe extern "C" fn dp_exchange_poll(
 ) -> dp_result {
     with(ex, |e| {
         check_null!(out);
-        let action = e.inner.poll_action(Timestamp::from_millis(now_ms));
+        let now = Timestamp::from_millis(now_ms);
+        let mut action = e.inner.poll_action(now);
+        // Proxy-login password checks are answered here, synchronously (bcrypt takes tens to
+        // hundreds of milliseconds): the C API has no action kind for them.
+        while let Action::VerifyPassword(check) = &action {
+            let verdict = if dockerproxy_core::login::verify_password(check) {
+                dockerproxy_core::login::PasswordVerdict::Valid
+            } else {
+                dockerproxy_core::login::PasswordVerdict::Invalid
+            };
+            e.inner.handle_password_result(verdict, now);
+            action = e.inner.poll_action(now);
+        }
         let current = e.current.insert(dp_action::new(action));
         // SAFETY: `out` is non-NULL and writable.
         unsafe { write(out, current as *const dp_action) };

@@ -715,6 +715,8 @@ pub fn check_exchange(data: &[u8]) {
             },
             Action::TokenInvalidate(key) => tokens.invalidate(&key),
             Action::RecordAccess(_) | Action::TagValidated(_) | Action::TagDrop(_) => {}
+            // The fuzzed configurations have no proxy login.
+            Action::VerifyPassword(_) => panic!("a password check without proxy login"),
             Action::Respond(resp) => responses.push(resp),
             Action::Local(_) => locals += 1,
             Action::Wait(_) => panic!("the exchange waits with no input pending"),

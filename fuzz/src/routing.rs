@@ -60,9 +60,10 @@ pub fn ns_name(value: &str) -> Option<String> {
 }
 
 /// Whether `normalize_host` must be idempotent also for values ending in two or more dots. It
-/// strips one trailing dot, so `a..` gives `a.` and normalising that gives `a`
-/// (fuzz/crashes/route/): off until the core strips every trailing dot or refuses the value.
-const IDEMPOTENT_MULTI_DOT: bool = false;
+/// used to strip one trailing dot, so `a..` gave `a.` and normalising that gave `a`; it now
+/// refuses any empty label but the one trailing dot (repros in fuzz/corpus/route/
+/// `normalize_host_not_idempotent_*`). On since the fix.
+const IDEMPOTENT_MULTI_DOT: bool = true;
 
 /// `normalize_host` output is lower-case, trimmed, non-empty, and normalising its rendering
 /// (`host[:port]`) gives it back.

@@ -10,14 +10,14 @@ use dockerproxy_core::route::{RouteResult, is_valid_host, route};
 /// any error, warning or `Debug` output.
 pub const ENV_SECRET: &str = "hunter2-env-secret";
 
-/// Whether every origin must round-trip through `Origin::parse` exactly. `Origin::parse` strips
-/// all trailing dots after URL parsing, so `http://254.0.0..` (a domain to the URL parser) is
-/// stored as host `254.0.0`, which re-parses as the IPv4 address 254.0.0.0
-/// (fuzz/crashes/config/), and `http://1v8.08..` as `1v8.08`, which no longer parses at all
-/// (a host ending in a number must be IPv4): off until the core refuses or normalises such
-/// hosts; meanwhile a host whose last label starts with a digit is not round-tripped. Likewise
-/// a host of dots only (`http:/%2E`, `https://.`) is stored empty: such registries are skipped.
-const ORIGIN_ROUND_TRIP_STRICT: bool = false;
+/// Whether every origin must round-trip through `Origin::parse` exactly. `Origin::parse` used
+/// to strip all trailing dots after URL parsing, so `http://254.0.0..` (a domain to the URL
+/// parser) was stored as host `254.0.0`, which re-parses as the IPv4 address 254.0.0.0,
+/// `http://1v8.08..` as `1v8.08`, which no longer parses at all, and a host of dots only
+/// (`http:/%2E`, `https://.`) as an empty host. It now refuses every empty label but one
+/// trailing dot (repros in fuzz/corpus/config/`origin_*`). On since the fix; off, it skips
+/// empty hosts and hosts whose last label starts with a digit.
+const ORIGIN_ROUND_TRIP_STRICT: bool = true;
 
 /// The built-in route host labels and their registries.
 const BUILTIN: [(&str, &str); 9] = [

@@ -44,6 +44,8 @@ const MAX_ACTIONS: usize = 256;
 struct Current {
     body: Incoming,
     content_length: Option<u64>,
+    /// The upstream fetch slot, held until the body is read, relayed or handed to a fill.
+    permit: upstream::FetchPermit,
 }
 
 /// Serves one request.
@@ -80,8 +82,9 @@ pub async fn handle(
     let mut claim: Option<FillClaim> = None;
     // The request that produced the current upstream body (a fill resumes with it).
     let mut last_request: Option<UpstreamRequest> = None;
-    // Only a full GET fills the cache on a miss; HEAD and Range requests never lead.
-    let lead = method == Method::GET && !parts_headers.contains_key(header::RANGE);
+    // Only a GET fills the cache on a miss (a Range GET fetches the whole blob and is answered
+    // from the fill); HEAD never leads.
+    let lead = method == Method::GET;
     let mut ex = Exchange::new(state.config.clone(), head, state::now());
 
     for _ in 0..MAX_ACTIONS {
@@ -104,6 +107,11 @@ pub async fn handle(
                     state.metrics.redirect_followed(&req.registry);
                 }
                 let registry = req.registry.clone();
+                // Fetch cap (SECURITY.md §2.14): the previous response's slot is already free.
+                let Ok(permit) = state.client.acquire_fetch().await else {
+                    state.metrics.fetch_cap_rejected(&registry);
+                    return fetch_cap_full(log);
+                };
                 last_request = Some(req.clone());
                 let started = Instant::now();
                 let result = state.client.send(req, &mut client_body).await;
@@ -121,6 +129,7 @@ pub async fn handle(
                         current = Some(Current {
                             body,
                             content_length: content_length(&parts.headers),
+                            permit,
                         });
                         ex.handle_upstream_head(
                             UpstreamHead {
@@ -180,6 +189,10 @@ pub async fn handle(
                 state.tokens.store(key, token);
             }
             Action::TokenInvalidate(key) => state.tokens.invalidate(&key),
+            Action::VerifyPassword(check) => {
+                let verdict = state.login.verify(check).await;
+                ex.handle_password_result(verdict, state::now());
+            }
             Action::ReadClientBody { limit } => {
                 let body = match client_body.take() {
                     Some(b) => {
@@ -294,7 +307,9 @@ async fn respond(
             Some((cur, request)) => {
                 log.source = Source::Upstream;
                 match (verify, store) {
-                    (Some(digest), Some(target)) if resp.status == StatusCode::OK => {
+                    (Some(digest), Some(target))
+                        if resp.status == StatusCode::OK || target.range.is_some() =>
+                    {
                         let fill = FillRequest {
                             target,
                             digest,
@@ -302,28 +317,33 @@ async fn respond(
                             body: cur.body,
                             request,
                             claim,
-                            client: state.client.clone(),
+                            // The fill owns the fetch slot until its upstream body ends.
+                            client: state.client.holding(cur.permit),
                         };
                         match state.store.start_fill(fill) {
                             Ok(body) => ResponseBody::store(body),
                             Err(back) => {
                                 let back = *back;
+                                let slot = back.client.held_slot();
                                 let verifier = Verifier::new(back.digest, back.content_length);
-                                ResponseBody::upstream(UpstreamStream::new(
+                                let body = ResponseBody::upstream(UpstreamStream::new(
                                     back.body,
                                     state.client.idle_timeout(),
                                     Some(verifier),
-                                ))
+                                ));
+                                return relay_holding_slot(resp.status, headers, body, slot, log);
                             }
                         }
                     }
                     (verify, _) => {
                         let verifier = verify.map(|d| Verifier::new(d, cur.content_length));
-                        ResponseBody::upstream(UpstreamStream::new(
+                        let body = ResponseBody::upstream(UpstreamStream::new(
                             cur.body,
                             state.client.idle_timeout(),
                             verifier,
-                        ))
+                        ));
+                        let slot = Some(Arc::new(cur.permit));
+                        return relay_holding_slot(resp.status, headers, body, slot, log);
                     }
                 }
             }
@@ -338,6 +358,46 @@ async fn respond(
         },
     };
     build(resp.status, headers, body.with_log(log))
+}
+
+/// A relayed upstream body that keeps its fetch slot until the client has it all (or leaves).
+/// The log rides on the inner body so integrity failures are still counted.
+fn relay_holding_slot(
+    status: StatusCode,
+    headers: HeaderMap,
+    body: ResponseBody,
+    slot: Option<Arc<upstream::FetchPermit>>,
+    log: RequestLog,
+) -> Response<ResponseBody> {
+    let body = body.with_log(log);
+    match slot {
+        Some(slot) => {
+            use http_body_util::BodyExt as _;
+            let held = upstream::PermitBody::new(body, slot)
+                .map_err(|e| -> upstream::BoxError { Box::new(e) })
+                .boxed();
+            build(status, headers, ResponseBody::store(held))
+        }
+        None => build(status, headers, body),
+    }
+}
+
+/// `503` with `Retry-After` when no upstream fetch slot freed in time (SECURITY.md §2.14).
+fn fetch_cap_full(mut log: RequestLog) -> Response<ResponseBody> {
+    tracing::warn!(registry = %log.registry, "upstream fetch cap reached: 503");
+    let e = OciError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Unavailable,
+        "too many upstream fetches in flight; retry later",
+    );
+    let mut headers = e.headers();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    log.status = e.status.as_u16();
+    build(
+        e.status,
+        headers,
+        ResponseBody::full(e.body()).with_log(log),
+    )
 }
 
 fn internal_error(mut log: RequestLog, why: &str) -> Response<ResponseBody> {

@@ -29,7 +29,9 @@ pub mod healthcheck;
 pub mod listener;
 pub mod local;
 pub mod logging;
+pub mod login;
 pub mod metrics;
+pub mod shared;
 pub mod shutdown;
 pub mod stall;
 pub mod state;
@@ -120,10 +122,20 @@ pub async fn run_listeners(
 }
 
 /// Binds the plain-HTTP listeners for `port` on every address: `[::]` (dual-stack where the
-/// system allows it) and `0.0.0.0`. Fails only when neither can be bound.
+/// system allows it) and `0.0.0.0`, with the default listen backlog. Fails only when neither
+/// can be bound.
 pub async fn bind_all(port: u16) -> io::Result<Vec<TcpListener>> {
+    bind_all_with_backlog(
+        port,
+        dockerproxy_core::config::Limits::default().listen_backlog,
+    )
+    .await
+}
+
+/// As [`bind_all`], with `backlog` pending connections per socket (`limits.listen_backlog`).
+pub async fn bind_all_with_backlog(port: u16, backlog: u32) -> io::Result<Vec<TcpListener>> {
     let mut listeners = Vec::new();
-    let v6 = TcpListener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port))).await;
+    let v6 = listener::bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), backlog);
     let v6_err = match v6 {
         Ok(l) => {
             listeners.push(l);
@@ -131,7 +143,7 @@ pub async fn bind_all(port: u16) -> io::Result<Vec<TcpListener>> {
         }
         Err(e) => Some(e),
     };
-    match TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))).await {
+    match listener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)), backlog) {
         Ok(l) => listeners.push(l),
         // A dual-stack `[::]` socket already holds the IPv4 port.
         Err(e) if e.kind() == io::ErrorKind::AddrInUse && !listeners.is_empty() => {}

@@ -1,5 +1,7 @@
 //! Accepting and serving client connections (SECURITY.md §2.14).
 //!
+//! - sockets bound with a configurable listen backlog (`limits.listen_backlog`, 1024 by default;
+//!   tokio's and std's `bind` use 128, which overflowed under a burst of 700 connects);
 //! - a connection cap: a permit from a semaphore is taken before `accept`, so at the cap the
 //!   kernel backlog, not memory, absorbs the excess;
 //! - one tokio task per connection, each wrapped in a write-stall guard ([`WriteStall`]);
@@ -7,11 +9,14 @@
 //!   really fires (it also bounds keep-alive idle time: hyper restarts it while waiting for the
 //!   next request head); ≤ 100 headers and 64 KiB of head bytes;
 //! - TLS through tokio-rustls when configured, the handshake bounded by the same timeout; HTTP/2
-//!   only when negotiated by ALPN, so no version sniff without a timeout is ever needed;
+//!   only when negotiated by ALPN, so no version sniff without a timeout is ever needed; h2 with
+//!   ≤ 100 concurrent streams, a 64 KiB header list, rapid-reset and local-reset limits and a
+//!   keep-alive ping (h2 ≥ 0.4.4 also bounds CONTINUATION floods);
 //! - graceful shutdown: stop accepting, let every connection finish its in-flight request
 //!   within the drain timeout, then abort the rest.
 
 use std::convert::Infallible;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +24,7 @@ use std::time::Duration;
 use hyper::rt::{Read, Write};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -31,6 +36,20 @@ use crate::state::ServerState;
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Largest number of request header lines.
 const MAX_HEADERS: usize = 100;
+
+/// Binds a listening socket on `addr` with `SO_REUSEADDR` (as tokio's `bind`) and `backlog`
+/// pending connections (the kernel caps it at `net.core.somaxconn`). An IPv6 wildcard address
+/// stays dual-stack where the system allows it. Must run inside the tokio runtime.
+pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog.max(1))
+}
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
@@ -189,7 +208,10 @@ async fn http2<I>(
         .timer(TokioTimer::new())
         .max_concurrent_streams(100)
         .max_header_list_size(MAX_HEAD_BYTES as u32)
+        // Rapid reset (CVE-2023-44487): streams the client resets before they are accepted.
         .max_pending_accept_reset_streams(20)
+        // Streams the server resets for client protocol errors ("MadeYouReset").
+        .max_local_error_reset_streams(256)
         .keep_alive_interval(Duration::from_secs(60))
         .keep_alive_timeout(Duration::from_secs(20));
     let conn = builder.serve_connection(io, svc);

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use dockerproxy_server::{
-    Listener, bind_all, build_state, healthcheck, logging, run_listeners, shutdown,
+    Listener, bind_all_with_backlog, build_state, healthcheck, logging, run_listeners, shutdown,
 };
 
 const USAGE: &str =
@@ -133,6 +133,7 @@ fn serve(config_path: Option<String>) -> ExitCode {
         tracing::warn!(key = %w.key, "{}", w.message);
     }
     let port = config.port;
+    let backlog = config.limits.listen_backlog;
     let extra: Vec<String> = config.listen.clone();
     let state = match build_state(config) {
         Ok(s) => s,
@@ -151,15 +152,17 @@ fn serve(config_path: Option<String>) -> ExitCode {
     };
     let result = rt.block_on(async move {
         let tls = state.tls_acceptor.is_some();
-        let mut listeners: Vec<Listener> = bind_all(port)
+        let mut listeners: Vec<Listener> = bind_all_with_backlog(port, backlog)
             .await?
             .into_iter()
             .map(|tcp| Listener { tcp, tls: false })
             .collect();
         // Extra `listen` addresses speak TLS when a certificate is configured.
         for addr in &extra {
-            let tcp = tokio::net::TcpListener::bind(addr.as_str())
-                .await
+            let tcp = addr
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+                .and_then(|a| dockerproxy_server::listener::bind(a, backlog))
                 .map_err(|e| std::io::Error::new(e.kind(), format!("listen {addr}: {e}")))?;
             listeners.push(Listener { tcp, tls });
         }

@@ -35,6 +35,7 @@ struct Inner {
     redirects: BTreeMap<String, u64>,
     stale_served: BTreeMap<String, u64>,
     integrity_failures: BTreeMap<(String, &'static str), u64>,
+    fetch_cap_rejected: BTreeMap<String, u64>,
 }
 
 /// The process's metrics registry.
@@ -160,6 +161,16 @@ impl Metrics {
             .lock()
             .integrity_failures
             .entry((registry.to_owned(), kind))
+            .or_default() += 1;
+    }
+
+    /// Counts a request refused with `503` because no upstream fetch slot freed in time
+    /// (`limits.max_upstream_fetches`, SECURITY.md §2.14).
+    pub fn fetch_cap_rejected(&self, registry: &str) {
+        *self
+            .lock()
+            .fetch_cap_rejected
+            .entry(registry.to_owned())
             .or_default() += 1;
     }
 
@@ -391,6 +402,20 @@ impl Metrics {
                 *v,
             );
         }
+        family(
+            &mut out,
+            "upstream_fetch_rejected_total",
+            "counter",
+            "Requests answered 503 because the upstream fetch cap stayed full.",
+        );
+        for (registry, v) in &inner.fetch_cap_rejected {
+            sample(
+                &mut out,
+                "upstream_fetch_rejected_total",
+                &[("registry", registry)],
+                *v,
+            );
+        }
         out
     }
 }
@@ -451,6 +476,7 @@ mod tests {
             "redirects_followed_total",
             "stale_served_total",
             "integrity_failures_total",
+            "upstream_fetch_rejected_total",
         ] {
             assert!(
                 text.contains(&format!("# TYPE dockerproxy_{fam} ")),

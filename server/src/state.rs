@@ -118,6 +118,8 @@ pub struct ServerState {
     pub tokens: Arc<Tokens>,
     /// Server-side TLS, when configured.
     pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
+    /// Proxy-login password checks (memo and failure tracking).
+    pub login: crate::login::LoginGuard,
     started: Instant,
     draining: AtomicBool,
     client_key: RandomState,
@@ -142,6 +144,7 @@ impl ServerState {
         if config.dns_enabled {
             tracing::warn!("DNS_ENABLED is not supported yet: the system resolver is used");
         }
+        let store_tls = client_tls.clone();
         let client =
             UpstreamClient::new(client_tls, &config.limits, GuardedConnector::new(&config));
         if config.secret_key == [0; 32] {
@@ -152,12 +155,13 @@ impl ServerState {
             )
             .map_err(|_| StartError::Random)?;
         }
-        let (store, cache_disabled) = open_store(&config);
+        let (store, cache_disabled) = open_store(&config, store_tls);
         if cache_disabled.is_some() {
             // Serving without a cache: the core must not promise one (`X-Cache: BYPASS`, no
             // lookups or stores).
             config.cache.enabled = false;
         }
+        let login = crate::login::LoginGuard::new(config.secret_key);
         Ok(Self {
             config: Arc::new(config),
             options,
@@ -167,6 +171,7 @@ impl ServerState {
             metrics: Metrics::default(),
             tokens: Arc::new(Tokens::default()),
             tls_acceptor,
+            login,
             started: Instant::now(),
             draining: AtomicBool::new(false),
             client_key: RandomState::new(),
@@ -208,7 +213,7 @@ impl ServerState {
 /// The disk store when `CACHE_ENABLED`; an unusable `CACHE_DIR` (not creatable, read-only,
 /// locked by another process) means serving without a cache, with the reason kept for
 /// `/readyz` and logged (COMPAT.md §2).
-fn open_store(config: &Config) -> (Arc<dyn Store>, Option<String>) {
+fn open_store(config: &Config, tls: rustls::ClientConfig) -> (Arc<dyn Store>, Option<String>) {
     if !config.cache.enabled {
         return (Arc::new(NoopStore), None);
     }
@@ -221,7 +226,10 @@ fn open_store(config: &Config) -> (Arc<dyn Store>, Option<String>) {
         .saturating_add(limits.connect_timeout);
     let settings = CacheStoreSettings::from_config(&config.cache, claim_wait);
     match DiskStore::open(&config.cache.dir, settings) {
-        Ok(store) => (Arc::new(store), None),
+        Ok(store) => match &config.cache.s3 {
+            None => (Arc::new(store), None),
+            Some(s3) => crate::shared::open(store, s3, tls),
+        },
         Err(reason) => {
             tracing::error!(%reason, "cache disabled: serving from upstream without a cache");
             (Arc::new(NoopStore), Some(reason))

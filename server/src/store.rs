@@ -92,6 +92,14 @@ impl FillClaim {
     pub fn downcast<T: Any>(self) -> Option<T> {
         self.inner.downcast::<T>().ok().map(|b| *b)
     }
+
+    /// The store-specific guard when it is a `T`, else the claim back unchanged.
+    pub fn try_downcast<T: Any>(self) -> Result<T, Self> {
+        match self.inner.downcast::<T>() {
+            Ok(b) => Ok(*b),
+            Err(inner) => Err(Self { inner }),
+        }
+    }
 }
 
 /// Everything a fill needs: the upstream body of a cacheable `200` blob answer and how to ask

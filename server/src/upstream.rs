@@ -10,9 +10,17 @@
 //!
 //! Dialling goes through [`GuardedConnector`], which applies the outbound address policy to the
 //! addresses actually dialled (SECURITY.md §2.9); a refusal surfaces as [`UpstreamError::Denied`].
+//!
+//! Upstream concurrency is capped (`limits.max_upstream_fetches`, SECURITY.md §2.14): the driver
+//! takes a [`FetchPermit`] with [`UpstreamClient::acquire_fetch`] before each request and keeps it
+//! until that response's body is finished — in the driver, in a relayed body ([`PermitBody`]),
+//! or in the client clone a detached cache fill owns ([`UpstreamClient::holding`]), whose resumes
+//! reuse it. A request that gets no slot within `limits.upstream_fetch_wait` is refused with
+//! `503` by the driver. Cache hits and requests joining a fill never ask for a slot.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -27,6 +35,7 @@ use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
 
 use crate::connect::{AddressDenied, GuardedConnector};
@@ -37,12 +46,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of upstream requests.
 pub type RequestBody = BoxBody<Bytes, BoxError>;
 
-/// The pooled upstream client. Cheap to clone.
+/// The pooled upstream client. Cheap to clone; every clone shares the pool and the fetch cap.
 #[derive(Clone)]
 pub struct UpstreamClient {
     client: Client<TimeoutConnector, RequestBody>,
     header_timeout: Duration,
     idle_timeout: Duration,
+    cap: FetchCap,
+    /// The fetch slot this clone carries (a fill's client), released with the last clone.
+    held: Option<Arc<FetchPermit>>,
 }
 
 impl core::fmt::Debug for UpstreamClient {
@@ -50,9 +62,37 @@ impl core::fmt::Debug for UpstreamClient {
         f.debug_struct("UpstreamClient")
             .field("header_timeout", &self.header_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("cap", &self.cap)
+            .field("holds_fetch_slot", &self.held.is_some())
             .finish_non_exhaustive()
     }
 }
+
+/// The process-wide cap on upstream fetches in flight.
+#[derive(Clone, Debug)]
+struct FetchCap {
+    slots: Arc<Semaphore>,
+    max: usize,
+    wait: Duration,
+}
+
+/// One upstream fetch slot; dropping it frees the slot.
+#[derive(Debug)]
+pub struct FetchPermit {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// No fetch slot freed within `limits.upstream_fetch_wait`: answer `503` with `Retry-After`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchCapFull;
+
+impl core::fmt::Display for FetchCapFull {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("too many upstream fetches in flight")
+    }
+}
+
+impl std::error::Error for FetchCapFull {}
 
 impl UpstreamClient {
     /// Builds the client from a rustls configuration (roots already loaded), the limits and the
@@ -79,16 +119,60 @@ impl UpstreamClient {
             .retry_canceled_requests(true)
             .set_host(true)
             .build(connector);
+        let max = limits.max_upstream_fetches.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             client,
             header_timeout: limits.header_timeout,
             idle_timeout: limits.idle_timeout,
+            cap: FetchCap {
+                slots: Arc::new(Semaphore::new(max)),
+                max,
+                wait: limits.upstream_fetch_wait,
+            },
+            held: None,
         }
     }
 
     /// The per-read idle timeout for upstream bodies.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout
+    }
+
+    /// Takes an upstream fetch slot, waiting up to `limits.upstream_fetch_wait` for one.
+    pub async fn acquire_fetch(&self) -> Result<FetchPermit, FetchCapFull> {
+        let slots = self.cap.slots.clone();
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Ok(FetchPermit { _permit: permit });
+        }
+        if self.cap.wait.is_zero() {
+            return Err(FetchCapFull);
+        }
+        match tokio::time::timeout(self.cap.wait, slots.acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(FetchPermit { _permit: permit }),
+            // Timed out, or the semaphore was closed (never done).
+            _ => Err(FetchCapFull),
+        }
+    }
+
+    /// A clone that carries `permit` until its last clone is dropped: for a detached fill, so
+    /// the slot stays taken while the fill reads (and resumes) its upstream body.
+    pub fn holding(&self, permit: FetchPermit) -> Self {
+        Self {
+            held: Some(Arc::new(permit)),
+            ..self.clone()
+        }
+    }
+
+    /// The fetch slot this clone carries, if any (see [`Self::holding`]).
+    pub fn held_slot(&self) -> Option<Arc<FetchPermit>> {
+        self.held.clone()
+    }
+
+    /// Upstream fetches in flight now (slots taken).
+    pub fn fetches_in_flight(&self) -> usize {
+        self.cap
+            .max
+            .saturating_sub(self.cap.slots.available_permits())
     }
 
     /// Sends `req` and waits for the response head. `client_body` is used for
@@ -151,6 +235,40 @@ impl UpstreamClient {
             }
             Ok(Ok(resp)) => Ok(resp),
         }
+    }
+}
+
+/// A body that keeps an upstream fetch slot until it is dropped (a relayed upstream body).
+#[derive(Debug)]
+pub struct PermitBody<B> {
+    inner: B,
+    _slot: Arc<FetchPermit>,
+}
+
+impl<B> PermitBody<B> {
+    /// Wraps `inner`, holding `slot` as long as the body lives.
+    pub fn new(inner: B, slot: Arc<FetchPermit>) -> Self {
+        Self { inner, _slot: slot }
+    }
+}
+
+impl<B: http_body::Body + Unpin> http_body::Body for PermitBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

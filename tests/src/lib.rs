@@ -12,6 +12,7 @@ pub mod error;
 pub mod fault_front;
 pub mod faults_chaos;
 pub mod faults_kit;
+pub mod garage;
 pub mod pki;
 pub mod ports;
 pub mod proxy;

@@ -2363,10 +2363,10 @@ async fn class_03_html_200s_oversized_and_encoded_manifests_are_not_served_or_ca
 
 /// SECURITY §2.4: "One satisfiable range on verified content → 206"; "the client gets the right
 /// bytes (200/206), an error status, or a visibly incomplete body". On a blob that is not cached
-/// yet, a `Range` request is forwarded and the upstream's 206 is relayed unverified: a byte
-/// flipped by the upstream reaches the client in a clean 206.
+/// yet, a `Range` request is served from the verified fill of the whole blob (COMPAT.md §8.4):
+/// a byte flipped by the upstream never reaches the client in a clean 206 (it used to, when the
+/// upstream's 206 was relayed; more in `tests/tests/range_fill.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: a Range GET on an uncached blob relays the upstream's 206 unverified (wrong bytes in a clean 206)"]
 async fn class_03_range_on_a_cold_blob_never_relays_unverified_bytes() {
     if !require_tools(&["docker-registry"]) {
         return;

@@ -14,6 +14,7 @@ use dockerproxy_core::config::Limits;
 use dockerproxy_core::exchange::{
     Action, BodyPlan, CacheResult, RequestHead, Response as CoreResponse, UpstreamError,
 };
+use dockerproxy_core::login::PasswordVerdict;
 use dockerproxy_core::oci_error::{ErrorCode, OciError};
 use dockerproxy_core::token::{TokenCache, TokenLookup};
 use dockerproxy_core::verifier::Verifier;
@@ -166,6 +167,15 @@ fn serve(config: &Arc<Config>, request: &IncomingRequest, out: ResponseOutparam)
             }
             Action::TokenStore { key, token } => store_token(key, token),
             Action::TokenInvalidate(key) => TOKENS.with(|t| t.borrow_mut().invalidate(&key)),
+            // One request at a time per instance: bcrypt runs inline.
+            Action::VerifyPassword(check) => {
+                let verdict = if dockerproxy_core::login::verify_password(&check) {
+                    PasswordVerdict::Valid
+                } else {
+                    PasswordVerdict::Invalid
+                };
+                ex.handle_password_result(verdict, now());
+            }
             Action::ReadClientBody { limit } => {
                 let body = client
                     .take()

@@ -32,6 +32,39 @@ pub(super) struct EnvSettings {
     pub(super) debug: bool,
     /// `TARGET_UPSTREAM`, only when debug is on.
     pub(super) target_upstream: Option<Origin>,
+    /// `LOGIN_HTPASSWD`: turns proxy login on (every htpasswd user may pull everything unless
+    /// `[login]` says otherwise).
+    pub(super) login_htpasswd: Option<String>,
+    /// `MAX_UPSTREAM_FETCHES`, when set.
+    pub(super) max_upstream_fetches: Option<u64>,
+    /// `LISTEN_BACKLOG`, when set.
+    pub(super) listen_backlog: Option<u64>,
+}
+
+/// Largest `MAX_UPSTREAM_FETCHES` / `limits.max_upstream_fetches`.
+pub(super) const MAX_UPSTREAM_FETCHES: u64 = 65_536;
+/// Largest `LISTEN_BACKLOG` / `limits.listen_backlog` (the kernel caps it lower anyway).
+pub(super) const MAX_LISTEN_BACKLOG: u64 = 65_535;
+
+/// `n` when it is within `1..=max`, else an error naming `key`.
+pub(super) fn check_count(key: &str, n: u64, max: u64) -> Result<u64, ConfigError> {
+    if (1..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(ConfigError::new(key, format!("{n} is not within 1-{max}")))
+    }
+}
+
+/// A whole number within `1..=max` from the variable `key`, `None` when unset.
+fn env_count(r: &Reader<'_>, key: &str, max: u64) -> Result<Option<u64>, ConfigError> {
+    let Some(v) = r.get(key) else {
+        return Ok(None);
+    };
+    let n = v
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| ConfigError::new(key, format!("{v:?} is not a whole number")))?;
+    check_count(key, n, max).map(Some)
 }
 
 /// Reads every variable; warnings are appended to `warnings`.
@@ -135,6 +168,9 @@ pub(super) fn read_env(
         }
         None => None,
     };
+    let max_upstream_fetches = env_count(&r, "MAX_UPSTREAM_FETCHES", MAX_UPSTREAM_FETCHES)?;
+    let listen_backlog = env_count(&r, "LISTEN_BACKLOG", MAX_LISTEN_BACKLOG)?;
+    let login_htpasswd = r.get("LOGIN_HTPASSWD");
 
     Ok(EnvSettings {
         custom_domain,
@@ -150,6 +186,9 @@ pub(super) fn read_env(
         dns_timeout,
         debug,
         target_upstream,
+        login_htpasswd,
+        max_upstream_fetches,
+        listen_backlog,
     })
 }
 

@@ -68,12 +68,16 @@ pub struct ConfigFile {
     pub json_logs: Option<bool>,
     /// Limits and timeouts.
     pub limits: Option<LimitsFile>,
+    /// The shared cache store on an S3-compatible object store.
+    pub s3: Option<super::S3File>,
     /// Per-registry settings, keyed by canonical registry name (a new name adds a registry).
     #[serde(default)]
     pub routes: BTreeMap<String, RouteFile>,
     /// Credentials keyed by registry name (same as `routes.<name>.credentials`).
     #[serde(default)]
     pub credentials: BTreeMap<String, CredentialsFile>,
+    /// Client login on the proxy (`[login]`, SECURITY.md §2.16).
+    pub login: Option<super::login::LoginFile>,
 }
 
 /// `[routes."<registry name>"]`.
@@ -151,6 +155,12 @@ pub struct LimitsFile {
     pub idle_timeout: Option<String>,
     /// Client request-header timeout.
     pub client_header_timeout: Option<String>,
+    /// Upstream fetches in flight at once (`MAX_UPSTREAM_FETCHES`).
+    pub max_upstream_fetches: Option<u64>,
+    /// How long a request waits for a fetch slot (`"2s"`; `"0s"` refuses at once).
+    pub upstream_fetch_wait: Option<String>,
+    /// Listen backlog (`LISTEN_BACKLOG`).
+    pub listen_backlog: Option<u64>,
 }
 
 /// A size: a number of bytes or a string with a unit.
@@ -183,6 +193,8 @@ pub enum ExposureSetting {
     Loopback,
     /// `off`
     Off,
+    /// `login`: proxy-login admins only (needs `[login]`).
+    Login,
 }
 
 /// `routes.<name>.flavour`.
@@ -253,6 +265,7 @@ fn locate_top(table: &toml::Table) -> Option<String> {
             })
         }
         ("limits", Some(toml::Value::Table(l))) => culprit::<LimitsFile>(l).map(str::to_owned),
+        ("login", Some(toml::Value::Table(l))) => super::login::locate(l),
         _ => None,
     };
     Some(match inner {

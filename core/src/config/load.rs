@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::env::{EnvSettings, read_env};
+use super::env::{EnvSettings, MAX_LISTEN_BACKLOG, MAX_UPSTREAM_FETCHES, check_count, read_env};
 use super::file::{ExposureSetting, LimitsFile, SchemeSetting, SizeValue, parse_file};
 use super::routes::{apply_credentials, apply_mirrors, apply_route};
 use super::*;
@@ -90,6 +90,7 @@ pub fn load_with(
     }
     apply_credentials(&mut config, &replaced, &file, env, read_file)?;
     apply_mirrors(&mut config, &file)?;
+    config.cache.s3 = s3::resolve(file.s3.as_ref(), env, read_file)?;
     for (i, r) in config.registries.iter().enumerate() {
         let reachable = config.hosts.values().any(|id| *id == i) || !config.mirror_hosts.is_empty();
         if !reachable {
@@ -102,6 +103,12 @@ pub fn load_with(
     if let Some(origin) = settings.target_upstream {
         add_debug_fallback(&mut config, origin, &mut warnings);
     }
+    login::apply_login(
+        &mut config,
+        file.login.as_ref(),
+        settings.login_htpasswd.as_deref(),
+        read_file,
+    )?;
     for ex in &config.address_exceptions {
         let name = config
             .registries
@@ -182,10 +189,11 @@ fn defaults(e: &EnvSettings) -> Result<Config, ConfigError> {
             blob_ttl: e.blob_ttl,
             max_size: 10 * 1024 * 1024 * 1024,
             max_stale: Duration::from_secs(86_400),
+            s3: None,
         },
         stats: Exposure::Main,
         metrics: Exposure::Main,
-        limits: Limits::default(),
+        limits: env_limits(e),
         debug: e.debug,
         port: e.port,
         user_agent: format!("dockerproxy/{}", crate::VERSION),
@@ -200,6 +208,7 @@ fn defaults(e: &EnvSettings) -> Result<Config, ConfigError> {
         json_logs: false,
         address_exceptions: Vec::new(),
         secret_key: [0; 32],
+        login: None,
     })
 }
 
@@ -208,6 +217,7 @@ fn exposure(s: ExposureSetting) -> Exposure {
         ExposureSetting::Main => Exposure::Main,
         ExposureSetting::Loopback => Exposure::Loopback,
         ExposureSetting::Off => Exposure::Off,
+        ExposureSetting::Login => Exposure::Login,
     }
 }
 
@@ -313,7 +323,45 @@ fn apply_globals(c: &mut Config, f: &ConfigFile) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The default limits with `MAX_UPSTREAM_FETCHES` and `LISTEN_BACKLOG` applied (already
+/// range-checked by `env.rs`); the file's `[limits]` may override them.
+fn env_limits(e: &EnvSettings) -> Limits {
+    let mut l = Limits::default();
+    if let Some(n) = e.max_upstream_fetches.and_then(|n| usize::try_from(n).ok()) {
+        l.max_upstream_fetches = n;
+    }
+    if let Some(n) = e.listen_backlog.and_then(|n| u32::try_from(n).ok()) {
+        l.listen_backlog = n;
+    }
+    l
+}
+
+/// `[limits]` counts: the upstream fetch cap, its wait, and the listen backlog.
+fn apply_limit_counts(l: &mut Limits, f: &LimitsFile) -> Result<(), ConfigError> {
+    if let Some(n) = f.max_upstream_fetches {
+        let key = "limits.max_upstream_fetches";
+        let n = check_count(key, n, MAX_UPSTREAM_FETCHES)?;
+        l.max_upstream_fetches =
+            usize::try_from(n).map_err(|_| ConfigError::new(key, "too large"))?;
+    }
+    if let Some(n) = f.listen_backlog {
+        let key = "limits.listen_backlog";
+        let n = check_count(key, n, MAX_LISTEN_BACKLOG)?;
+        l.listen_backlog = u32::try_from(n).map_err(|_| ConfigError::new(key, "too large"))?;
+    }
+    if let Some(v) = &f.upstream_fetch_wait {
+        let key = "limits.upstream_fetch_wait";
+        let d = duration(key, v)?;
+        if d > Duration::from_secs(60) {
+            return Err(ConfigError::new(key, "must be at most 60s"));
+        }
+        l.upstream_fetch_wait = d;
+    }
+    Ok(())
+}
+
 fn apply_limits(l: &mut Limits, f: &LimitsFile) -> Result<(), ConfigError> {
+    apply_limit_counts(l, f)?;
     let caps = [
         (
             "limits.max_manifest_bytes",

@@ -44,6 +44,9 @@ impl Exchange {
                 "form too large",
             );
         };
+        if self.config.login.is_some() {
+            return self.on_login_form(&body, now);
+        }
         // A form carrying the client's own grant (password or refresh token) is forwarded;
         // otherwise an anonymous client on a credentialed route gets a proxy token.
         let own_grant = form_urlencoded::parse(&body)

@@ -20,8 +20,8 @@ use super::forward::Step;
 use super::machine::Exchange;
 use super::respond::{self, CONTENT_DIGEST, decorate};
 use super::{
-    AccessRecord, Action, BodyPlan, CacheQuery, CacheResult, Purpose, Response, UpstreamBody,
-    UpstreamError, UpstreamHead,
+    AccessRecord, Action, BodyPlan, CacheQuery, CacheResult, Purpose, Response, StoreTarget,
+    UpstreamBody, UpstreamError, UpstreamHead,
 };
 use crate::Timestamp;
 use crate::cache_policy::{
@@ -119,6 +119,12 @@ impl Exchange {
     pub(super) fn on_cache_result(&mut self, result: CacheResult, now: Timestamp) {
         match result {
             CacheResult::Miss => self.send_resource(now),
+            CacheResult::Lead => {
+                // Only a blob GET can be served from a fill; for anything else a lead is a miss.
+                self.lead = matches!(self.request, Some(RegistryRequest::Blob { .. }))
+                    && self.req.method == Method::GET;
+                self.send_resource(now);
+            }
             CacheResult::Blob { size, access } => {
                 self.hit = Some(Hit::Blob { size });
                 if access.allows() {
@@ -476,6 +482,68 @@ impl Exchange {
         let ns = self.namespace();
         decorate(&mut resp, ns.as_deref(), Some(x));
         self.respond(resp);
+    }
+}
+
+impl Exchange {
+    /// True when a `Range` GET of a blob is answered from the fill this request leads: the
+    /// upstream is asked for the whole blob (no `Range`, verifiable) on every hop.
+    pub(super) fn range_from_fill(&self) -> bool {
+        self.lead && self.req.headers.contains_key(header::RANGE)
+    }
+
+    /// Answers a `Range` GET from the fill of the whole blob this request leads (COMPAT.md
+    /// §8.4, SECURITY.md §2.4): the upstream's verified `200` is stored, and the client gets a
+    /// `206` of the requested bytes as the verifier releases them (the last byte only once the
+    /// digest matched), `416` for an unsatisfiable range, or the whole body (`200`) for a
+    /// malformed or multiple range or when the upstream announced no length.
+    pub(super) fn respond_range_from_fill(
+        &mut self,
+        head: UpstreamHead,
+        digest: Digest,
+        mut target: StoreTarget,
+    ) {
+        let size = respond::header_str(&head.headers, "content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let range = self
+            .req
+            .headers
+            .get(header::RANGE)
+            .map(HeaderValue::as_bytes);
+        let decision = size.map(|size| (size, crate::range::decide(range, size)));
+        let (status, extra, len) = match decision {
+            None | Some((_, crate::range::RangeDecision::Full)) => (StatusCode::OK, None, None),
+            Some((size, crate::range::RangeDecision::Partial { start, end })) => {
+                target.range = Some((start, end));
+                let cr = crate::range::content_range(start, end, size);
+                (StatusCode::PARTIAL_CONTENT, Some(cr), Some(end - start + 1))
+            }
+            Some((size, crate::range::RangeDecision::Unsatisfiable)) => (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                Some(format!("bytes */{size}")),
+                Some(0),
+            ),
+        };
+        let body = if status == StatusCode::RANGE_NOT_SATISFIABLE {
+            // Nothing to serve: the upstream body is dropped unread, nothing is stored.
+            BodyPlan::Empty
+        } else {
+            BodyPlan::Upstream {
+                verify: Some(digest),
+                store: Some(target),
+            }
+        };
+        self.relay(head, body, Some(XCache::Miss));
+        if let Some(Action::Respond(resp)) = self.queue.back_mut() {
+            resp.status = status;
+            if let Some(v) = extra.and_then(|cr| HeaderValue::from_str(&cr).ok()) {
+                resp.headers.insert(header::CONTENT_RANGE, v);
+            }
+            if let Some(len) = len {
+                resp.headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
     }
 }
 

@@ -57,11 +57,17 @@ impl Exchange {
 
     /// Decides, before the first upstream request, whether the proxy manages upstream auth.
     pub(super) fn decide_proxy_auth(&mut self) {
+        // With proxy login on, the client's `Authorization` is a login credential: the client
+        // is anonymous toward the upstream, and the grant stays server-side (SECURITY.md §2.10).
+        let login = self.config.login.is_some();
         let registry = self.registry();
         let Some(creds) = registry.credentials.as_ref() else {
+            if login {
+                self.proxy_auth.identity = Some(Identity::Anonymous);
+            }
             return;
         };
-        if !self.client_is_anonymous() {
+        if !login && !self.client_is_anonymous() {
             return;
         }
         let allowed = self

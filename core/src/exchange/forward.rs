@@ -123,8 +123,10 @@ impl Exchange {
             // Malformed or multiple ranges are ignored (SECURITY.md §2.4): ask for the whole,
             // verifiable object rather than relay an unverifiable multipart answer.
             let range = headers.get(header::RANGE).map(HeaderValue::as_bytes);
+            // A range served from the fill this request leads: ask for the whole blob.
             if range.is_some()
-                && crate::range::decide(range, u64::MAX) == crate::range::RangeDecision::Full
+                && (self.range_from_fill()
+                    || crate::range::decide(range, u64::MAX) == crate::range::RangeDecision::Full)
             {
                 headers.remove(header::RANGE);
                 headers.remove(header::IF_RANGE);
@@ -265,7 +267,10 @@ impl Exchange {
             // stored) and a 304 its own condition; any other success status would hand out
             // unverified bytes (found by the `exchange` fuzz target with a 203).
             let client_range = self.req.headers.contains_key(header::RANGE);
-            let allowed = (head.status == StatusCode::PARTIAL_CONTENT && client_range)
+            // When the whole blob was asked for (a range served from the fill), a 206 answers
+            // nothing we sent.
+            let asked_range = client_range && !self.range_from_fill();
+            let allowed = (head.status == StatusCode::PARTIAL_CONTENT && asked_range)
                 || head.status == StatusCode::NOT_MODIFIED;
             if !allowed {
                 return self.respond_error(
@@ -289,7 +294,11 @@ impl Exchange {
                         digest: digest.clone(),
                     },
                     repository: name,
+                    range: None,
                 });
+                if let Some(target) = store.clone().filter(|_| self.range_from_fill()) {
+                    return self.respond_range_from_fill(head, digest, target);
+                }
                 let x = if store.is_some() {
                     XCache::Miss
                 } else {
@@ -314,7 +323,7 @@ impl Exchange {
     }
 
     /// Relays an upstream head with the given body plan.
-    fn relay(&mut self, head: UpstreamHead, body: BodyPlan, x: Option<XCache>) {
+    pub(super) fn relay(&mut self, head: UpstreamHead, body: BodyPlan, x: Option<XCache>) {
         let followed = self.hops > 0;
         let mut headers = if followed {
             crate::headers::redirect_target_headers(&head.headers)
@@ -394,6 +403,10 @@ impl Exchange {
                 } else {
                     crate::headers::redirect_hop_headers(&self.req.headers)
                 };
+                if self.range_from_fill() {
+                    headers.remove(header::RANGE);
+                    headers.remove(header::IF_RANGE);
+                }
                 if !headers.contains_key(header::USER_AGENT)
                     && let Ok(v) = HeaderValue::from_str(&self.config.user_agent)
                 {

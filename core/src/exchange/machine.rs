@@ -40,6 +40,8 @@ pub(super) enum Phase {
     Cache,
     /// Waiting for a token cache lookup.
     Token,
+    /// Waiting for a proxy-login password check.
+    Password(super::login::Pending),
     /// Finished (after the last queued action).
     Finished,
 }
@@ -70,6 +72,9 @@ pub struct Exchange {
     pub(super) hit: Option<super::cache::Hit>,
     /// The check HEAD in flight for `hit`.
     pub(super) check: Option<super::cache::Check>,
+    /// The store leads a fill for this request ([`super::CacheResult::Lead`]): the whole blob
+    /// is fetched even for a `Range` request, whose range is then served from the fill.
+    pub(super) lead: bool,
 }
 
 impl Exchange {
@@ -97,6 +102,7 @@ impl Exchange {
             proxy_auth: super::credentials::ProxyAuth::default(),
             hit: None,
             check: None,
+            lead: false,
         }
     }
 
@@ -223,7 +229,7 @@ impl Exchange {
             return;
         }
         // 2. Host-independent endpoints.
-        if let Some(done) = self.local_endpoint() {
+        if let Some(done) = self.local_endpoint(now) {
             if !done {
                 self.respond_plain_404();
             }
@@ -299,6 +305,11 @@ impl Exchange {
                     );
                 }
                 self.request = Some(r.clone());
+                // Proxy login (SECURITY.md §2.2): after validation and routing, before any
+                // cache lookup or upstream request.
+                if self.config.login.is_some() {
+                    return self.on_login(&r, now);
+                }
                 match r {
                     RegistryRequest::Base => self.on_ping(now),
                     RegistryRequest::Auth => self.on_auth(now),
@@ -310,7 +321,7 @@ impl Exchange {
 
     /// Handles `/health`, `/readyz`, `/stats`, `/metrics`. `Some(true)` when handled,
     /// `Some(false)` when hidden (404), `None` when not a local endpoint.
-    fn local_endpoint(&mut self) -> Option<bool> {
+    fn local_endpoint(&mut self, now: Timestamp) -> Option<bool> {
         let (endpoint, methods): (LocalEndpoint, &[Method]) = match self.path.as_str() {
             "/health" | "/healthz" => (LocalEndpoint::Health, &[Method::GET, Method::HEAD]),
             "/readyz" => (LocalEndpoint::Ready, &[Method::GET, Method::HEAD]),
@@ -325,7 +336,7 @@ impl Exchange {
             LocalEndpoint::Health | LocalEndpoint::Ready => Exposure::Main,
         };
         let visible = match exposure {
-            Exposure::Main => true,
+            Exposure::Main | Exposure::Login => true,
             // A dual-stack listener reports IPv4 peers as `::ffff:a.b.c.d`.
             Exposure::Loopback => self
                 .req
@@ -348,6 +359,10 @@ impl Exchange {
             resp.headers
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             self.respond(resp);
+            return Some(true);
+        }
+        if exposure == Exposure::Login {
+            self.on_admin_login(endpoint, now);
             return Some(true);
         }
         self.queue.push_back(Action::Local(endpoint));

@@ -57,6 +57,8 @@ pub struct Transcript {
     pub access: Vec<dockerproxy_core::exchange::AccessRecord>,
     pub validated: Vec<dockerproxy_core::cache_policy::CacheKey>,
     pub dropped: Vec<dockerproxy_core::cache_policy::CacheKey>,
+    /// Proxy-login password checks performed (bcrypt).
+    pub password_checks: usize,
 }
 
 impl Transcript {
@@ -190,6 +192,7 @@ pub fn drive_full(
         access: Vec::new(),
         validated: Vec::new(),
         dropped: Vec::new(),
+        password_checks: 0,
     };
     let mut current_body = Bytes::new();
     for _ in 0..100 {
@@ -247,6 +250,16 @@ pub fn drive_full(
                 None => tokens.fail(&key),
             },
             Action::TokenInvalidate(key) => tokens.invalidate(&key),
+            Action::VerifyPassword(check) => {
+                let ok = dockerproxy_core::login::verify_password(&check);
+                let verdict = if ok {
+                    dockerproxy_core::login::PasswordVerdict::Valid
+                } else {
+                    dockerproxy_core::login::PasswordVerdict::Invalid
+                };
+                t.password_checks += 1;
+                ex.handle_password_result(verdict, NOW);
+            }
             Action::Respond(resp) => {
                 assert!(t.response.is_none(), "two responses");
                 t.body = match &resp.body {

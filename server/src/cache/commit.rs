@@ -8,19 +8,47 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use dockerproxy_core::cache_policy::CacheKey;
+use dockerproxy_core::verifier::Verifier;
 
 use super::fill::{self, Fill};
 use super::journal::Record;
 use super::reader::{self, ReadSource};
 use super::{ClaimGuard, Inner, Slot, now_ms};
+use crate::body::{ResponseBody, UpstreamStream};
 use crate::store::{FillClaim, FillRequest, StoreBody};
 
 impl Inner {
-    /// Registers and spawns a fill; the leader's body reads it.
+    /// Registers and spawns a fill; the leader's body reads it (the whole blob, or the
+    /// target's range). When no fill can start, a ranged request is still answered from the
+    /// verified upstream stream (its response is already a `206`); a whole one is given back.
     pub(super) fn start_fill(
         self: &Arc<Self>,
         req: FillRequest,
     ) -> Result<StoreBody, Box<FillRequest>> {
+        let range = req.target.range;
+        match (self.begin_fill(req), range) {
+            (Ok(body), _) => Ok(body),
+            (Err(back), Some((first, last))) => {
+                let FillRequest {
+                    digest,
+                    content_length,
+                    body,
+                    client,
+                    ..
+                } = *back;
+                let verifier = Verifier::new(digest, content_length);
+                let stream = UpstreamStream::new(body, client.idle_timeout(), Some(verifier));
+                Ok(reader::slice(
+                    ResponseBody::upstream(stream),
+                    first,
+                    last.saturating_add(1),
+                ))
+            }
+            (Err(back), None) => Err(back),
+        }
+    }
+
+    fn begin_fill(self: &Arc<Self>, req: FillRequest) -> Result<StoreBody, Box<FillRequest>> {
         let FillRequest {
             target,
             digest,
@@ -97,14 +125,18 @@ impl Inner {
             client,
         };
         tokio::spawn(fill::run(self.clone(), fill.clone(), source));
-        let end = content_length.unwrap_or(u64::MAX);
+        // A range past the fill's end makes the reader's body end early: an aborted response.
+        let (start, end) = match target.range {
+            None => (0, content_length.unwrap_or(u64::MAX)),
+            Some((first, last)) => (first, last.saturating_add(1).max(first)),
+        };
         Ok(reader::body(
             ReadSource::Fill {
                 fill,
                 attachment,
                 report: true,
             },
-            0,
+            start,
             end,
         ))
     }

@@ -137,7 +137,8 @@ impl Inner {
                     key,
                     id,
                 });
-                BlobStep::Done(CacheResult::Miss, Some(claim))
+                // The leader's answer says the store will fill: a Range GET is served from it.
+                BlobStep::Done(CacheResult::Lead, Some(claim))
             }
         }
     }

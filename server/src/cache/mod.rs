@@ -7,7 +7,7 @@
 //! lookup(blob) ─┬─ committed, size ok ─────────────► Blob{size, access}        (HIT)
 //!               ├─ fill in flight ─────────────────► Blob{size, access}        (joins the fill)
 //!               ├─ claimed by a leader ── wait ────► (fill started: join | released: retry)
-//!               └─ nothing ── lead ────────────────► Miss + FillClaim          (leader)
+//!               └─ nothing ── lead ────────────────► Lead + FillClaim          (leader)
 //! start_fill(claim) ─► detached fill task ─► readers tail the temp file ─► commit | abort
 //! ```
 //!
@@ -24,6 +24,7 @@ mod lookup;
 mod manifest;
 mod open;
 pub mod reader;
+pub mod shared_hooks;
 mod startup;
 pub mod stats;
 

@@ -86,6 +86,81 @@ pub fn body(source: ReadSource, start: u64, end: u64) -> StoreBody {
     .boxed()
 }
 
+/// A body serving `[start, end)` of `inner`, a stream that ends cleanly only once its bytes
+/// are verified (an upstream body through the verifier). `inner` is read to its end even past
+/// the range, and the last byte of the range is held until then: a clean end of this body
+/// always means verified bytes, and any failure of `inner` aborts it.
+pub fn slice<B>(inner: B, start: u64, end: u64) -> StoreBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(async move {
+        let last = match pump_slice(inner, start, end, &tx).await {
+            Ok(()) => Ok(Bytes::new()),
+            Err(Gone) => return,
+            Err(Failed(e)) => Err(e),
+        };
+        let _ = tx.send(last).await;
+    });
+    ReaderBody {
+        rx,
+        remaining: Some(end.saturating_sub(start)),
+        ended: false,
+    }
+    .boxed()
+}
+
+async fn pump_slice<B>(inner: B, start: u64, end: u64, tx: &Tx) -> Result<(), Stop>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError> + Send,
+{
+    let mut inner = std::pin::pin!(inner);
+    // Offset of the next byte of `inner`.
+    let mut pos = 0u64;
+    let mut held: Option<Bytes> = None;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = tx.closed() => return Err(Gone),
+            f = inner.frame() => f,
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(Failed(e.into())),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        let (a, b) = (pos, pos.saturating_add(data.len() as u64));
+        pos = b;
+        let (lo, hi) = (a.max(start), b.min(end));
+        if lo >= hi {
+            continue;
+        }
+        let (from, to) = (
+            usize::try_from(lo - a).unwrap_or(usize::MAX),
+            usize::try_from(hi - a).unwrap_or(usize::MAX),
+        );
+        let mut part = data.slice(from..to);
+        if hi == end {
+            // The range's last byte waits for the verified end of `inner`.
+            held = Some(part.split_off(part.len() - 1));
+        }
+        if !part.is_empty() {
+            send(tx, part).await?;
+        }
+    }
+    match held {
+        Some(last) => send(tx, last).await,
+        None if start >= end => Ok(()),
+        None => Err(Failed(err("upstream body ended before the range"))),
+    }
+}
+
 /// A read error or short read, as a body error.
 #[derive(Debug)]
 struct ReadError(String);
