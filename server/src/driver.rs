@@ -318,7 +318,7 @@ async fn respond(
                             request,
                             claim,
                             // The fill owns the fetch slot until its upstream body ends.
-                            client: state.client.clone(),
+                            client: state.client.holding(cur.permit),
                         };
                         match state.store.start_fill(fill) {
                             Ok(body) => ResponseBody::store(body),
@@ -342,7 +342,7 @@ async fn respond(
                             state.client.idle_timeout(),
                             verifier,
                         ));
-                        let slot: Option<Arc<upstream::FetchPermit>> = None;
+                        let slot = Some(Arc::new(cur.permit));
                         return relay_holding_slot(resp.status, headers, body, slot, log);
                     }
                 }

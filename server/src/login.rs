@@ -47,7 +47,7 @@ pub struct LoginGuard {
     key: [u8; 32],
     memo: Mutex<HashMap<[u8; 32], Instant>>,
     failures: Mutex<HashMap<u64, Failures>>,
-    permits: Semaphore,
+    permits: std::sync::Arc<Semaphore>,
 }
 
 impl LoginGuard {
@@ -57,7 +57,7 @@ impl LoginGuard {
             key,
             memo: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            permits: Semaphore::new(MAX_CONCURRENT),
+            permits: std::sync::Arc::new(Semaphore::new(MAX_CONCURRENT)),
         }
     }
 
@@ -78,10 +78,16 @@ impl LoginGuard {
             };
         }
         let tag = login::user_tag(&self.key, &check.user);
-        let ok = match self.permits.acquire().await {
-            Ok(_permit) => tokio::task::spawn_blocking(move || login::verify_password(&check))
-                .await
-                .unwrap_or(false),
+        // The permit moves into the blocking task: a client that leaves while bcrypt runs does
+        // not free a slot for another bcrypt (the cap bounds running hashes, not waiting clients).
+        let ok = match self.permits.clone().acquire_owned().await {
+            Ok(permit) => tokio::task::spawn_blocking(move || {
+                let ok = login::verify_password(&check);
+                drop(permit);
+                ok
+            })
+            .await
+            .unwrap_or(false),
             Err(_) => false,
         };
         let now = Instant::now();

@@ -224,6 +224,13 @@ fn open_store(config: &Config, tls: rustls::ClientConfig) -> (Arc<dyn Store>, Op
         .header_timeout
         .saturating_mul(2)
         .saturating_add(limits.connect_timeout);
+    // With a shared store the local leader may wait for another replica's fill (up to the
+    // shared store's own bound): its followers wait as long instead of each going upstream.
+    let claim_wait = if config.cache.s3.is_some() {
+        claim_wait.max(crate::shared::MAX_WAIT)
+    } else {
+        claim_wait
+    };
     let settings = CacheStoreSettings::from_config(&config.cache, claim_wait);
     match DiskStore::open(&config.cache.dir, settings) {
         Ok(store) => match &config.cache.s3 {

@@ -19,6 +19,25 @@ async fn replica(
     garage: &Garage,
     ttl: &str,
 ) -> ProxyProcess {
+    replica_with_realms(bed, name, upstream, garage, ttl, &[]).await
+}
+
+fn realm_origins(bed: &TestBed) -> Vec<String> {
+    bed.token_server
+        .as_ref()
+        .map(|t| format!("http://{}", t.addr()))
+        .into_iter()
+        .collect()
+}
+
+async fn replica_with_realms(
+    bed: &TestBed,
+    name: &str,
+    upstream: &str,
+    garage: &Garage,
+    ttl: &str,
+    realms: &[String],
+) -> ProxyProcess {
     let work = bed.tmp.path().join(format!("replica-{name}"));
     let cache = work.join("cache");
     std::fs::create_dir_all(&work).unwrap();
@@ -30,7 +49,7 @@ async fn replica(
     ];
     let toml = format!(
         "{}\n{}",
-        docker_hub_route_toml(upstream, &[], ""),
+        docker_hub_route_toml(upstream, realms, ""),
         garage.proxy_toml(ttl)
     );
     ProxyProcess::start(&work, &env, &toml)
@@ -228,4 +247,162 @@ async fn a_replica_killed_mid_fill_does_not_block_the_others() {
         waited.as_secs_f64(),
         ttl
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_never_grants_access_a_private_blob_is_refused_on_another_replica() {
+    if !require_tools(&["docker-registry", "skopeo"]) || !require_garage() {
+        return;
+    }
+    binary().expect("the dockerproxy binary");
+    let bed = TestBed::start_with(Mode::Token, SeedOptions::default()).await;
+    let garage = Garage::start(&bed.tmp.path().join("garage")).unwrap();
+    let realms = realm_origins(&bed);
+    let up = bed.registry.base_url().to_owned();
+    let a = replica_with_realms(&bed, "a", &up, &garage, "5s", &realms).await;
+    let b = replica_with_realms(&bed, "b", &up, &garage, "5s", &realms).await;
+    let image = bed.seeded.private_secret.clone();
+
+    // alice pulls the private image through A: its blobs land in the shared store.
+    let dir = bed.tmp.path().join("alice");
+    let src = format!("{}/private/secret:1.0", a.host_port());
+    let out = skopeo::pull(&src, &dir, &["--src-creds", "alice:secret"]).await;
+    skopeo::assert_pulled(&out, &dir, &image, &a.log());
+    let tls = dockerproxy_server::tls::client_config(None).unwrap();
+    let settings = dockerproxy_core::config::S3Settings {
+        endpoint: garage.endpoint.clone(),
+        bucket: garage.bucket.clone(),
+        region: garage.region.clone(),
+        access_key_id: garage.key_id.clone(),
+        secret_access_key: garage.secret.clone(),
+        prefix: String::new(),
+        lease_ttl: Duration::from_secs(5),
+        allow_http: true,
+    };
+    let store = dockerproxy_server::shared::remote::Remote::new(&settings, tls).unwrap();
+    let mut in_store = false;
+    for _ in 0..50 {
+        let mut all = true;
+        for blob in image.blobs() {
+            let d = dockerproxy_core::reference::Digest::parse(&blob.digest).unwrap();
+            store.forget("docker.io", &d);
+            all &= store.blob_size("docker.io", &d).await.is_some();
+        }
+        if all {
+            in_store = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(in_store, "alice's blobs were uploaded to the store");
+
+    // Anonymous clients on B (which has never seen the repository) get none of it, by digest,
+    // through the private repository or through a public one.
+    let http = reqwest::Client::new();
+    for blob in image.blobs() {
+        for repo in ["private/secret", "library/busybox"] {
+            let url = format!("{}/v2/{repo}/blobs/{}", b.base_url(), blob.digest);
+            let r = http.get(&url).send().await.unwrap();
+            let status = r.status().as_u16();
+            let body = r.bytes().await.unwrap_or_default();
+            assert!(
+                matches!(status, 401 | 403 | 404),
+                "{repo} {}: {status}\n{}",
+                blob.digest,
+                b.log()
+            );
+            let needle = &blob.data[..blob.data.len().min(32)];
+            assert!(!body.windows(needle.len()).any(|w| w == needle), "bytes leaked");
+        }
+    }
+    // alice on B is served, from the store: no new upstream blob GET.
+    let before: usize = image
+        .blobs()
+        .map(|bl| bed.registry.count("GET", &format!("/v2/private/secret/blobs/{}", bl.digest)))
+        .sum();
+    let dir = bed.tmp.path().join("alice-b");
+    let src = format!("{}/private/secret:1.0", b.host_port());
+    let out = skopeo::pull(&src, &dir, &["--src-creds", "alice:secret"]).await;
+    skopeo::assert_pulled(&out, &dir, &image, &b.log());
+    let after: usize = image
+        .blobs()
+        .map(|bl| bed.registry.count("GET", &format!("/v2/private/secret/blobs/{}", bl.digest)))
+        .sum();
+    assert_eq!(after, before, "alice's pull on B came from the store");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_corrupt_object_in_the_store_is_never_served_and_is_replaced() {
+    if !require_tools(&["docker-registry"]) || !require_garage() {
+        return;
+    }
+    binary().expect("the dockerproxy binary");
+    let bed = TestBed::start_with(Mode::Plain, SeedOptions::default()).await;
+    let garage = Garage::start(&bed.tmp.path().join("garage")).unwrap();
+    let up = bed.registry.base_url().to_owned();
+    let image = bed.seeded.busybox.clone();
+    let blob = image.layers[0].clone();
+    let d = dockerproxy_core::reference::Digest::parse(&blob.digest).unwrap();
+    // Wrong bytes of the right length stored under the blob's key (a damaged store).
+    let mut wrong = blob.data.to_vec();
+    wrong[blob.data.len() / 2] ^= 0xff;
+    let file = bed.tmp.path().join("wrong");
+    std::fs::write(&file, &wrong).unwrap();
+    let settings = dockerproxy_core::config::S3Settings {
+        endpoint: garage.endpoint.clone(),
+        bucket: garage.bucket.clone(),
+        region: garage.region.clone(),
+        access_key_id: garage.key_id.clone(),
+        secret_access_key: garage.secret.clone(),
+        prefix: String::new(),
+        lease_ttl: Duration::from_secs(5),
+        allow_http: true,
+    };
+    let tls = dockerproxy_server::tls::client_config(None).unwrap();
+    let store = dockerproxy_server::shared::remote::Remote::new(&settings, tls).unwrap();
+    store
+        .upload_blob("docker.io", &d, std::fs::File::open(&file).unwrap(), wrong.len() as u64)
+        .await
+        .unwrap();
+
+    let a = replica(&bed, "a", &up, &garage, "5s").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v2/{}/blobs/{}", a.base_url(), image.repo, blob.digest);
+    // Whole and ranged reads of the corrupt object: never a clean end.
+    let whole = async {
+        let r = http.get(&url).send().await?;
+        r.bytes().await
+    }
+    .await;
+    assert!(whole.is_err(), "a corrupt store object ended cleanly: {whole:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Deleted from the store; the next request fills again from upstream and is right.
+    let again = http.get(&url).send().await.unwrap();
+    assert_eq!(again.status(), 200);
+    let body = again.bytes().await.unwrap();
+    assert_eq!(dockerproxy_core::verifier::sha256_digest(&body).to_string(), blob.digest);
+    assert_eq!(
+        bed.registry.count("GET", &format!("/v2/{}/blobs/{}", image.repo, blob.digest)),
+        1,
+        "{}",
+        a.log()
+    );
+    // And the store now holds the right bytes: a fresh replica's ranged read verifies.
+    let b = replica(&bed, "b", &up, &garage, "5s").await;
+    let mut ok = false;
+    for _ in 0..30 {
+        let r = http
+            .get(format!("{}/v2/{}/blobs/{}", b.base_url(), image.repo, blob.digest))
+            .header("range", "bytes=2-9")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 206 {
+            assert_eq!(r.bytes().await.unwrap(), blob.data[2..10]);
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "{}", b.log());
 }

@@ -1,5 +1,5 @@
-//! The shared store's primitives against a real Garage on 127.0.0.1: the conditional create
-//! the cluster lease depends on, leases and takeover, blob upload and verified read-back.
+//! The shared store's primitives against a real Garage on 127.0.0.1: the intent-and-list lease
+//! (exclusive, renewed, taken over after expiry, released), blob upload and read-back.
 
 use std::time::Duration;
 
@@ -70,7 +70,7 @@ async fn garage_lease_is_exclusive_and_expires() {
     }
     for t in tasks {
         let tries = tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
-        assert!(tries >= 1);
+        eprintln!("a contender won after {tries} attempts");
     }
     assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1, "never two holders at once");
 
@@ -107,7 +107,7 @@ async fn garage_lease_is_exclusive_and_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garage_blob_round_trip_is_verified() {
+async fn garage_blob_round_trip() {
     if !require_garage() {
         return;
     }
@@ -125,12 +125,13 @@ async fn garage_blob_round_trip_is_verified() {
         .unwrap();
     let fresh = remote(&g);
     assert_eq!(fresh.blob_size("docker.io", &d).await, Some(body.len() as u64));
-    let mut s = fresh.blob_stream("docker.io", &d, Some((10, 19))).await.unwrap();
+    let mut s = fresh.blob_stream("docker.io", &d).await.unwrap();
     let mut got = Vec::new();
     while let Some(c) = s.next().await {
         got.extend_from_slice(&c.unwrap());
     }
-    assert_eq!(got, body[10..20]);
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the stored bytes read back unchanged");
     // Another registry does not share the entry (COMPAT case 46).
     assert_eq!(fresh.blob_size("ghcr.io", &d).await, None);
     // A replica starting later learns the store's blobs from the listing.

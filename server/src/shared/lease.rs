@@ -29,7 +29,34 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::task::JoinHandle;
 
-use super::remote::Remote;
+use super::remote::{CALL_TIMEOUT, Remote, bounded};
+
+/// Deletes an intent whose attempt was abandoned half-way (the lookup's future dropped between
+/// the PUT and the verdict), so it cannot block the other replicas for a whole TTL.
+struct IntentGuard {
+    remote: Arc<Remote>,
+    path: Option<Path>,
+}
+
+impl IntentGuard {
+    fn disarm(mut self) -> Path {
+        self.path.take().unwrap_or_else(|| Path::from(""))
+    }
+}
+
+impl Drop for IntentGuard {
+    fn drop(&mut self) {
+        let Some(path) = self.path.take() else {
+            return;
+        };
+        let remote = self.remote.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = bounded(CALL_TIMEOUT, remote.store.delete(&path)).await;
+            });
+        }
+    }
+}
 
 /// The outcome of one attempt.
 #[derive(Debug)]
@@ -67,7 +94,7 @@ impl Drop for Lease {
         let path = self.path.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = remote.store.delete(&path).await;
+                let _ = bounded(CALL_TIMEOUT, remote.store.delete(&path)).await;
             });
         }
     }
@@ -115,19 +142,24 @@ pub async fn try_acquire(
     let dir = remote.lease_dir(registry, digest);
     let me = dir.clone().join(contender(replica));
     let body = Bytes::from(replica.to_owned());
-    remote.store.put(&me, body.clone().into()).await?;
+    let guard = IntentGuard {
+        remote: remote.clone(),
+        path: Some(me.clone()),
+    };
+    bounded(CALL_TIMEOUT, remote.store.put(&me, body.clone().into())).await?;
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     let mut others = 0usize;
-    let mut list = remote.store.list(Some(&dir));
+    let metas = bounded(CALL_TIMEOUT, async {
+        let mut list = remote.store.list(Some(&dir));
+        let mut metas = Vec::new();
+        while let Some(meta) = list.next().await {
+            metas.push(meta?);
+        }
+        Ok(metas)
+    })
+    .await?;
     let mut expired = Vec::new();
-    while let Some(meta) = list.next().await {
-        let meta = match meta {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = remote.store.delete(&me).await;
-                return Err(e);
-            }
-        };
+    for meta in metas {
         if meta.location == me {
             continue;
         }
@@ -142,12 +174,14 @@ pub async fn try_acquire(
             digest = %digest,
             "shared store: a fill lease expired (its replica stopped renewing); dropping it"
         );
-        let _ = remote.store.delete(&path).await;
+        let _ = bounded(CALL_TIMEOUT, remote.store.delete(&path)).await;
     }
     if others > 0 {
-        let _ = remote.store.delete(&me).await;
+        // The guard deletes the intent.
+        drop(guard);
         return Ok(Attempt::Held);
     }
+    let me = guard.disarm();
     let renew = {
         let remote = remote.clone();
         let path = me.clone();
@@ -155,7 +189,7 @@ pub async fn try_acquire(
             let every = (ttl / 3).max(Duration::from_millis(200));
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = remote.store.put(&path, body.clone().into()).await {
+                if let Err(e) = bounded(CALL_TIMEOUT, remote.store.put(&path, body.clone().into())).await {
                     tracing::warn!(error = %e, "shared store: lease renewal failed");
                 }
             }

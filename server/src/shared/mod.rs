@@ -42,6 +42,8 @@ use crate::cache::shared_hooks::BlobStatus;
 use crate::store::{FillClaim, FillRequest, Store, StoreBody, StoreFuture, StoreStats};
 use crate::upstream::BoxError;
 
+/// Longest a request waits for another replica's fill before fetching on its own.
+pub const MAX_WAIT: Duration = Duration::from_secs(600);
 /// How often a waiting replica looks for the object or an expired lease.
 const POLL: Duration = Duration::from_millis(200);
 /// How often an uploader looks whether the local fill committed.
@@ -195,12 +197,11 @@ impl SharedStore {
                     BlobStatus::Absent => break None,
                 }
             };
+            // Every early return drops the lease, which releases it.
             let Some(size) = size else {
-                drop(lease);
                 return;
             };
             let Some((file, _guard)) = local.open_committed(&digest, size) else {
-                drop(lease);
                 return;
             };
             let started = Instant::now();
@@ -224,8 +225,10 @@ impl SharedStore {
         });
     }
 
-    /// A body streamed from the store; a full read is verified against the digest (the
-    /// verifier holds the tail back, so a wrong object ends in an aborted body).
+    /// A body streamed from the store, all of it or the inclusive `range`. The whole object is
+    /// always read through a [`Verifier`], and the last byte the client gets is sent only once
+    /// the digest matched: a wrong object (whole or ranged) ends in an aborted body, is deleted
+    /// from the store and fetched again from upstream by the next request.
     async fn remote_body(
         &self,
         registry: &str,
@@ -233,7 +236,7 @@ impl SharedStore {
         size: u64,
         range: Option<(u64, u64)>,
     ) -> Option<StoreBody> {
-        let stream = match self.remote.blob_stream(registry, digest, range).await {
+        let stream = match self.remote.blob_stream(registry, digest).await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "shared store: blob GET failed");
@@ -241,29 +244,108 @@ impl SharedStore {
                 return None;
             }
         };
-        let mut verifier = range.is_none().then(|| Verifier::new(digest.clone(), Some(size)));
+        let (first, end) = match range {
+            Some((a, b)) => (a, b.saturating_add(1)),
+            None => (0, size),
+        };
+        let mut cut = RangeCut::new(first, end);
+        let mut verifier = Verifier::new(digest.clone(), Some(size));
+        let remote = self.remote.clone();
+        let (registry, digest) = (registry.to_owned(), digest.clone());
         // A pump task gives the body back-pressure (a bounded queue) and keeps the store's
         // stream, which is not `Sync`, out of the body.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, BoxError>>(4);
         tokio::spawn(async move {
             let mut stream = stream;
-            while let Some(chunk) = stream.next().await {
-                let out = match (chunk, verifier.as_mut()) {
-                    (Ok(c), Some(v)) => v.push(&c).map_err(|e| -> BoxError { Box::new(e) }),
-                    (Ok(c), None) => Ok(c),
-                    (Err(e), _) => Err(Box::new(e) as BoxError),
+            loop {
+                let next = tokio::time::timeout(remote::IDLE_TIMEOUT, stream.next()).await;
+                let chunk = match next {
+                    Ok(Some(Ok(c))) => c,
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
+                        let _ = tx.send(Err(Box::new(e))).await;
+                        return;
+                    }
+                    Err(_) => {
+                        let _ = tx.send(Err("shared store read stalled".into())).await;
+                        return;
+                    }
                 };
-                let failed = out.is_err();
-                if tx.send(out).await.is_err() || failed {
+                let released = match verifier.push(&chunk) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(digest = %digest, error = %e, "shared store: corrupt object; deleting it");
+                        let _ = tx.send(Err(Box::new(e))).await;
+                        remote.delete_blob(&registry, &digest).await;
+                        return;
+                    }
+                };
+                if let Some(part) = cut.take(&released)
+                    && tx.send(Ok(part)).await.is_err()
+                {
                     return;
                 }
             }
-            if let Some(v) = verifier {
-                let tail = v.finish().map_err(|e| -> BoxError { Box::new(e) });
-                let _ = tx.send(tail).await;
+            match verifier.finish() {
+                Ok(tail) => {
+                    if let Some(part) = cut.take(&tail) {
+                        let _ = tx.send(Ok(part)).await;
+                    }
+                    if let Some(last) = cut.last() {
+                        let _ = tx.send(Ok(last)).await;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(digest = %digest, error = %e, "shared store: corrupt object; deleting it");
+                    let _ = tx.send(Err(Box::new(e))).await;
+                    remote.delete_blob(&registry, &digest).await;
+                }
             }
         });
         Some(BodyExt::boxed(QueueBody { rx }))
+    }
+}
+
+/// Cuts `[first, end)` out of a stream of verified bytes, holding back its last byte until the
+/// whole object has been verified ([`RangeCut::last`]).
+struct RangeCut {
+    pos: u64,
+    first: u64,
+    end: u64,
+    last: Option<Bytes>,
+}
+
+impl RangeCut {
+    fn new(first: u64, end: u64) -> Self {
+        Self {
+            pos: 0,
+            first,
+            end,
+            last: None,
+        }
+    }
+
+    /// The part of `chunk` (the next verified bytes) inside the range, minus its last byte.
+    fn take(&mut self, chunk: &Bytes) -> Option<Bytes> {
+        let start = self.pos;
+        let stop = start.saturating_add(chunk.len() as u64);
+        self.pos = stop;
+        let hold = self.end.saturating_sub(1);
+        if self.end > self.first && (start..stop).contains(&hold) {
+            let at = usize::try_from(hold - start).ok()?;
+            self.last = Some(chunk.slice(at..=at));
+        }
+        let (a, b) = (start.max(self.first), stop.min(hold));
+        if a >= b {
+            return None;
+        }
+        let (a, b) = (usize::try_from(a - start).ok()?, usize::try_from(b - start).ok()?);
+        Some(chunk.slice(a..b))
+    }
+
+    /// The held-back last byte of the range.
+    fn last(&mut self) -> Option<Bytes> {
+        self.last.take()
     }
 }
 
@@ -409,7 +491,7 @@ pub fn open(
                 .unwrap_or_else(|| format!("pid-{}", std::process::id()));
             let settings = SharedSettings {
                 lease_ttl: s3.lease_ttl,
-                max_wait: Duration::from_secs(600),
+                max_wait: MAX_WAIT,
                 replica,
             };
             tracing::info!(
@@ -444,5 +526,38 @@ impl hyper::body::Body for QueueBody {
         self.rx
             .poll_recv(cx)
             .map(|item| item.map(|r| r.map(Frame::data)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::RangeCut;
+
+    fn run(first: u64, end: u64, chunks: &[&[u8]]) -> (Vec<u8>, Option<Bytes>) {
+        let mut cut = RangeCut::new(first, end);
+        let mut out = Vec::new();
+        for c in chunks {
+            if let Some(p) = cut.take(&Bytes::copy_from_slice(c)) {
+                out.extend_from_slice(&p);
+            }
+        }
+        (out, cut.last())
+    }
+
+    #[test]
+    fn range_cut_holds_back_only_the_last_byte() {
+        let data: Vec<u8> = (0..20).collect();
+        for split in 1..20 {
+            let (a, b) = data.split_at(split);
+            for (first, end) in [(0u64, 20u64), (3, 9), (0, 1), (19, 20), (5, 6), (7, 20)] {
+                let (out, last) = run(first, end, &[a, b]);
+                let want = &data[first as usize..end as usize];
+                assert_eq!(&out[..], &want[..want.len() - 1], "split {split} range {first}..{end}");
+                assert_eq!(last.as_deref(), Some(&want[want.len() - 1..]), "split {split}");
+            }
+        }
+        assert_eq!(run(0, 0, &[&data]), (Vec::new(), None));
     }
 }

@@ -12,7 +12,9 @@
 //! read in full (a store is not trusted more than an upstream).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use dockerproxy_core::config::S3Settings;
@@ -21,8 +23,8 @@ use futures_util::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::{
-    Attribute, Attributes, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutOptions,
-    PutPayload, WriteMultipart,
+    Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
+    RetryConfig, WriteMultipart,
 };
 use tokio::io::AsyncReadExt;
 
@@ -30,6 +32,24 @@ use super::http::{HyperConnector, HyperService};
 
 /// Multipart chunk size for blob uploads.
 const PART_SIZE: usize = 8 * 1024 * 1024;
+/// Bound of one small call (HEAD, manifest GET, lease PUT/LIST) on a request's path.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause between two chunks of a store read or two parts of an upload.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs a store call with a deadline; a timeout is an error like any other.
+pub async fn bounded<T>(
+    limit: Duration,
+    call: impl Future<Output = Result<T, object_store::Error>>,
+) -> Result<T, object_store::Error> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r,
+        Err(_) => Err(object_store::Error::Generic {
+            store: "shared",
+            source: format!("no answer within {limit:?}").into(),
+        }),
+    }
+}
 
 /// A byte stream read from the store.
 pub type RemoteStream = futures_util::stream::BoxStream<'static, Result<Bytes, object_store::Error>>;
@@ -63,6 +83,13 @@ impl Remote {
             .with_allow_http(s.allow_http)
             .with_virtual_hosted_style_request(false)
             .with_http_connector(HyperConnector(HyperService::new(tls)))
+            // Few, quick retries: a lookup waits on these calls (object_store's default retries
+            // for up to 3 minutes).
+            .with_retry(RetryConfig {
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(10),
+                ..RetryConfig::default()
+            })
             .build()?;
         Ok(Self {
             store,
@@ -99,7 +126,8 @@ impl Remote {
         if let Some(size) = self.known().get(&(registry.to_owned(), digest.clone())) {
             return Some(*size);
         }
-        match self.store.head(&self.key(registry, "blobs", digest)).await {
+        let key = self.key(registry, "blobs", digest);
+        match bounded(CALL_TIMEOUT, self.store.head(&key)).await {
             Ok(meta) => {
                 self.learn(registry, digest, meta.size);
                 Some(meta.size)
@@ -128,22 +156,25 @@ impl Remote {
         self.known().len()
     }
 
-    /// Streams a blob, all of it or the inclusive range `(first, last)`.
+    /// Streams a whole blob (a range is cut by the caller after verification: the store is not
+    /// trusted with partial reads).
     pub async fn blob_stream(
         &self,
         registry: &str,
         digest: &Digest,
-        range: Option<(u64, u64)>,
     ) -> Result<RemoteStream, object_store::Error> {
-        let options = GetOptions {
-            range: range.map(|(a, b)| GetRange::Bounded(a..b.saturating_add(1))),
-            ..GetOptions::default()
-        };
-        let got = self
-            .store
-            .get_opts(&self.key(registry, "blobs", digest), options)
-            .await?;
+        let key = self.key(registry, "blobs", digest);
+        let got = bounded(CALL_TIMEOUT, self.store.get_opts(&key, GetOptions::default())).await?;
         Ok(got.into_stream())
+    }
+
+    /// Deletes a blob found corrupt, so the next request fills it again from upstream.
+    pub async fn delete_blob(&self, registry: &str, digest: &Digest) {
+        self.forget(registry, digest);
+        let key = self.key(registry, "blobs", digest);
+        if let Err(e) = bounded(CALL_TIMEOUT, self.store.delete(&key)).await {
+            tracing::warn!(error = %e, "shared store: could not delete a corrupt blob");
+        }
     }
 
     /// Uploads a committed local file as the blob `digest` (multipart above one part).
@@ -163,20 +194,31 @@ impl Remote {
         if size <= PART_SIZE as u64 {
             let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
             file.read_to_end(&mut buf).await.map_err(io)?;
-            self.store.put(&path, PutPayload::from(buf)).await?;
+            bounded(IDLE_TIMEOUT, self.store.put(&path, PutPayload::from(buf))).await?;
         } else {
-            let upload = self.store.put_multipart(&path).await?;
+            let upload = bounded(CALL_TIMEOUT, self.store.put_multipart(&path)).await?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
             let mut buf = vec![0u8; 1024 * 1024];
-            loop {
-                let n = file.read(&mut buf).await.map_err(io)?;
-                if n == 0 {
-                    break;
+            let written = async {
+                loop {
+                    let n = file.read(&mut buf).await.map_err(io)?;
+                    if n == 0 {
+                        break;
+                    }
+                    bounded(IDLE_TIMEOUT, writer.wait_for_capacity(4)).await?;
+                    writer.write(buf.get(..n).unwrap_or_default());
                 }
-                writer.wait_for_capacity(4).await?;
-                writer.write(buf.get(..n).unwrap_or_default());
+                Ok::<(), object_store::Error>(())
             }
-            writer.finish().await?;
+            .await;
+            match written {
+                Ok(()) => bounded(IDLE_TIMEOUT, writer.finish()).await.map(drop)?,
+                Err(e) => {
+                    // Never leave a half-written upload (and its billed parts) behind.
+                    let _ = bounded(CALL_TIMEOUT, writer.abort()).await;
+                    return Err(e);
+                }
+            }
         }
         self.learn(registry, digest, size);
         Ok(())
@@ -196,15 +238,16 @@ impl Remote {
             attributes,
             ..PutOptions::default()
         };
-        self.store
-            .put_opts(&self.key(registry, "manifests", digest), body.into(), opts)
+        let key = self.key(registry, "manifests", digest);
+        bounded(CALL_TIMEOUT, self.store.put_opts(&key, body.into(), opts))
             .await
             .map(drop)
     }
 
     /// A stored manifest and its media type; `None` when absent or unreadable (logged).
     pub async fn get_manifest(&self, registry: &str, digest: &Digest) -> Option<(Bytes, String)> {
-        let got = match self.store.get(&self.key(registry, "manifests", digest)).await {
+        let key = self.key(registry, "manifests", digest);
+        let got = match bounded(CALL_TIMEOUT, self.store.get(&key)).await {
             Ok(g) => g,
             Err(object_store::Error::NotFound { .. }) => return None,
             Err(e) => {
@@ -212,12 +255,13 @@ impl Remote {
                 return None;
             }
         };
+        // No media type: not one of ours, a miss.
         let media_type = got
             .attributes
             .get(&Attribute::ContentType)
             .map(|v| v.to_string())
-            .unwrap_or_default();
-        let body = got.bytes().await.ok()?;
+            .filter(|t| !t.is_empty())?;
+        let body = bounded(CALL_TIMEOUT, got.bytes()).await.ok()?;
         Some((body, media_type))
     }
 
