@@ -326,9 +326,13 @@ fn expired_forged_foreign_and_doubled_credentials_are_refused() {
     );
     let forged = proxy_token::issue_login(&[6; 32], &Principal::User("alice".to_owned()), NOW);
     let registry_token = proxy_token::issue(&[5; 32], "docker.io", NOW);
+    // A well-signed token of a user no longer in the htpasswd file (issued before the file
+    // changed, or by another replica sharing the key).
+    let removed = token_for("mallory");
     for bad in [
         format!("Bearer {old}"),
         format!("Bearer {forged}"),
+        format!("Bearer {removed}"),
         format!("Bearer {registry_token}"),
         "Bearer some-upstream-token".to_owned(),
         "Digest x".to_owned(),

@@ -70,6 +70,9 @@ pub struct ConfigFile {
     pub limits: Option<LimitsFile>,
     /// The shared cache store on an S3-compatible object store.
     pub s3: Option<super::S3File>,
+    /// A file holding the key of the proxy's own tokens (at least 32 characters), shared by
+    /// replicas behind one load balancer so a token from one is valid on the others.
+    pub secret_key_file: Option<String>,
     /// Per-registry settings, keyed by canonical registry name (a new name adds a registry).
     #[serde(default)]
     pub routes: BTreeMap<String, RouteFile>,

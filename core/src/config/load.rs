@@ -91,6 +91,9 @@ pub fn load_with(
     apply_credentials(&mut config, &replaced, &file, env, read_file)?;
     apply_mirrors(&mut config, &file)?;
     config.cache.s3 = s3::resolve(file.s3.as_ref(), env, read_file)?;
+    if let Some(path) = file.secret_key_file.clone().or_else(|| env.get("SECRET_KEY_FILE")) {
+        config.secret_key = secret_key_from_file(&path, read_file)?;
+    }
     for (i, r) in config.registries.iter().enumerate() {
         let reachable = config.hosts.values().any(|id| *id == i) || !config.mirror_hosts.is_empty();
         if !reachable {
@@ -226,6 +229,25 @@ fn size(key: &str, v: &SizeValue) -> Result<u64, ConfigError> {
         SizeValue::Bytes(n) => Ok(*n),
         SizeValue::Text(t) => parse_size(t).map_err(|e| ConfigError::new(key, e.0)),
     }
+}
+
+/// The token key from a shared secret file: SHA-256 of its trimmed text (at least 32
+/// characters), so every replica given the same file derives the same key.
+fn secret_key_from_file(
+    path: &str,
+    read_file: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<[u8; 32], ConfigError> {
+    use sha2::Digest as _;
+    let key = "secret_key_file";
+    let text = read_file(path).map_err(|e| ConfigError::new(key, e))?;
+    let text = text.trim();
+    if text.len() < 32 {
+        return Err(ConfigError::new(
+            key,
+            "the secret needs at least 32 characters (e.g. `openssl rand -hex 32`)",
+        ));
+    }
+    Ok(sha2::Sha256::digest(text.as_bytes()).into())
 }
 
 fn duration(key: &str, v: &str) -> Result<Duration, ConfigError> {

@@ -110,6 +110,11 @@ impl Exchange {
             Credential::None => self.proceed(next, Principal::Anonymous, now),
             Credential::Bearer(t) => {
                 match proxy_token::verify_login(&self.config.secret_key, &t, now) {
+                    // A user removed from the htpasswd file loses their tokens at once (they
+                    // may have been issued by another replica sharing the secret key).
+                    Some(Principal::User(u)) if !login.users.contains_key(&u) => {
+                        self.respond_challenge(next)
+                    }
                     Some(who) => self.proceed(next, who, now),
                     None => self.respond_challenge(next),
                 }
