@@ -435,13 +435,13 @@ mod load;
 mod login;
 mod routes;
 mod s3;
-pub use s3::{DEFAULT_LEASE_TTL, S3File, S3Settings};
 pub use file::{
     ConfigFile, CredentialsFile, ExposureSetting, FlavourSetting, LimitsFile, RedirectsSetting,
     RouteFile, SchemeSetting, SizeValue, parse_file,
 };
-pub use login::{LoginAllowFile, LoginFile};
 pub use load::{load, load_with};
+pub use login::{LoginAllowFile, LoginFile};
+pub use s3::{DEFAULT_LEASE_TTL, S3File, S3Settings};
 
 #[cfg(test)]
 mod limits_tests {

@@ -146,7 +146,15 @@ api_bind_addr = "127.0.0.1:{admin}"
         g.cli(&["layout", "apply", "--version", "1"])?;
         let (key_id, secret) = (g.key_id.clone(), g.secret.clone());
         g.retry("key import", |g| {
-            g.cli(&["key", "import", "--yes", "-n", "dockerproxy", &key_id, &secret])
+            g.cli(&[
+                "key",
+                "import",
+                "--yes",
+                "-n",
+                "dockerproxy",
+                &key_id,
+                &secret,
+            ])
         })?;
         let bucket = g.bucket.clone();
         g.cli(&["bucket", "create", &bucket])?;

@@ -127,7 +127,10 @@ async fn three_replicas_thirty_cold_pulls_one_upstream_get_per_blob_and_hits_sur
     let gets = blob_gets(&bed, &image);
     let logs = format!("{}\n{}\n{}", a.log(), b.log(), c.log());
     for (digest, n) in &gets {
-        assert_eq!(*n, 1, "blob {digest}: {n} upstream GETs across 3 replicas\n{logs}");
+        assert_eq!(
+            *n, 1,
+            "blob {digest}: {n} upstream GETs across 3 replicas\n{logs}"
+        );
     }
     let manifest_gets = bed.registry.count(
         "GET",
@@ -312,13 +315,19 @@ async fn the_store_never_grants_access_a_private_blob_is_refused_on_another_repl
                 b.log()
             );
             let needle = &blob.data[..blob.data.len().min(32)];
-            assert!(!body.windows(needle.len()).any(|w| w == needle), "bytes leaked");
+            assert!(
+                !body.windows(needle.len()).any(|w| w == needle),
+                "bytes leaked"
+            );
         }
     }
     // alice on B is served, from the store: no new upstream blob GET.
     let before: usize = image
         .blobs()
-        .map(|bl| bed.registry.count("GET", &format!("/v2/private/secret/blobs/{}", bl.digest)))
+        .map(|bl| {
+            bed.registry
+                .count("GET", &format!("/v2/private/secret/blobs/{}", bl.digest))
+        })
         .sum();
     let dir = bed.tmp.path().join("alice-b");
     let src = format!("{}/private/secret:1.0", b.host_port());
@@ -326,7 +335,10 @@ async fn the_store_never_grants_access_a_private_blob_is_refused_on_another_repl
     skopeo::assert_pulled(&out, &dir, &image, &b.log());
     let after: usize = image
         .blobs()
-        .map(|bl| bed.registry.count("GET", &format!("/v2/private/secret/blobs/{}", bl.digest)))
+        .map(|bl| {
+            bed.registry
+                .count("GET", &format!("/v2/private/secret/blobs/{}", bl.digest))
+        })
         .sum();
     assert_eq!(after, before, "alice's pull on B came from the store");
 }
@@ -361,7 +373,12 @@ async fn a_corrupt_object_in_the_store_is_never_served_and_is_replaced() {
     let tls = dockerproxy_server::tls::client_config(None).unwrap();
     let store = dockerproxy_server::shared::remote::Remote::new(&settings, tls).unwrap();
     store
-        .upload_blob("docker.io", &d, std::fs::File::open(&file).unwrap(), wrong.len() as u64)
+        .upload_blob(
+            "docker.io",
+            &d,
+            std::fs::File::open(&file).unwrap(),
+            wrong.len() as u64,
+        )
         .await
         .unwrap();
 
@@ -374,15 +391,22 @@ async fn a_corrupt_object_in_the_store_is_never_served_and_is_replaced() {
         r.bytes().await
     }
     .await;
-    assert!(whole.is_err(), "a corrupt store object ended cleanly: {whole:?}");
+    assert!(
+        whole.is_err(),
+        "a corrupt store object ended cleanly: {whole:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Deleted from the store; the next request fills again from upstream and is right.
     let again = http.get(&url).send().await.unwrap();
     assert_eq!(again.status(), 200);
     let body = again.bytes().await.unwrap();
-    assert_eq!(dockerproxy_core::verifier::sha256_digest(&body).to_string(), blob.digest);
     assert_eq!(
-        bed.registry.count("GET", &format!("/v2/{}/blobs/{}", image.repo, blob.digest)),
+        dockerproxy_core::verifier::sha256_digest(&body).to_string(),
+        blob.digest
+    );
+    assert_eq!(
+        bed.registry
+            .count("GET", &format!("/v2/{}/blobs/{}", image.repo, blob.digest)),
         1,
         "{}",
         a.log()
@@ -392,7 +416,12 @@ async fn a_corrupt_object_in_the_store_is_never_served_and_is_replaced() {
     let mut ok = false;
     for _ in 0..30 {
         let r = http
-            .get(format!("{}/v2/{}/blobs/{}", b.base_url(), image.repo, blob.digest))
+            .get(format!(
+                "{}/v2/{}/blobs/{}",
+                b.base_url(),
+                image.repo,
+                blob.digest
+            ))
             .header("range", "bytes=2-9")
             .send()
             .await

@@ -56,7 +56,9 @@ async fn garage_lease_is_exclusive_and_expires() {
             let mut tries = 0u32;
             loop {
                 tries += 1;
-                if let Attempt::Won(l) = lease::try_acquire(&r, "r", &race, ttl, name).await.unwrap() {
+                if let Attempt::Won(l) =
+                    lease::try_acquire(&r, "r", &race, ttl, name).await.unwrap()
+                {
                     let now = holders.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                     most.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -64,15 +66,25 @@ async fn garage_lease_is_exclusive_and_expires() {
                     drop(l);
                     return tries;
                 }
-                tokio::time::sleep(Duration::from_millis(100) + lease::jitter(Duration::from_millis(200))).await;
+                tokio::time::sleep(
+                    Duration::from_millis(100) + lease::jitter(Duration::from_millis(200)),
+                )
+                .await;
             }
         }));
     }
     for t in tasks {
-        let tries = tokio::time::timeout(Duration::from_secs(60), t).await.unwrap().unwrap();
+        let tries = tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .unwrap()
+            .unwrap();
         eprintln!("a contender won after {tries} attempts");
     }
-    assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 1, "never two holders at once");
+    assert_eq!(
+        most.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "never two holders at once"
+    );
 
     // A live (renewed) lease stays held past its TTL.
     let Attempt::Won(held) = lease::try_acquire(&a, "r", &d, ttl, "a").await.unwrap() else {
@@ -115,16 +127,26 @@ async fn garage_blob_round_trip() {
     let g = Garage::start(dir.path()).unwrap();
     let r = remote(&g);
     // Above one multipart part (8 MiB).
-    let body: Vec<u8> = (0..9 * 1024 * 1024u32).map(|i| (i * 7 + i / 4093) as u8).collect();
+    let body: Vec<u8> = (0..9 * 1024 * 1024u32)
+        .map(|i| (i * 7 + i / 4093) as u8)
+        .collect();
     let d = digest_of(&body);
     let path = dir.path().join("blob");
     std::fs::write(&path, &body).unwrap();
     assert_eq!(r.blob_size("docker.io", &d).await, None);
-    r.upload_blob("docker.io", &d, std::fs::File::open(&path).unwrap(), body.len() as u64)
-        .await
-        .unwrap();
+    r.upload_blob(
+        "docker.io",
+        &d,
+        std::fs::File::open(&path).unwrap(),
+        body.len() as u64,
+    )
+    .await
+    .unwrap();
     let fresh = remote(&g);
-    assert_eq!(fresh.blob_size("docker.io", &d).await, Some(body.len() as u64));
+    assert_eq!(
+        fresh.blob_size("docker.io", &d).await,
+        Some(body.len() as u64)
+    );
     let mut s = fresh.blob_stream("docker.io", &d).await.unwrap();
     let mut got = Vec::new();
     while let Some(c) = s.next().await {

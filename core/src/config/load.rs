@@ -91,7 +91,11 @@ pub fn load_with(
     apply_credentials(&mut config, &replaced, &file, env, read_file)?;
     apply_mirrors(&mut config, &file)?;
     config.cache.s3 = s3::resolve(file.s3.as_ref(), env, read_file)?;
-    if let Some(path) = file.secret_key_file.clone().or_else(|| env.get("SECRET_KEY_FILE")) {
+    if let Some(path) = file
+        .secret_key_file
+        .clone()
+        .or_else(|| env.get("SECRET_KEY_FILE"))
+    {
         config.secret_key = secret_key_from_file(&path, read_file)?;
     }
     for (i, r) in config.registries.iter().enumerate() {

@@ -120,7 +120,11 @@ pub(super) fn apply_login(
     };
     // The highest cost in the file: an unknown user name then never answers faster than a known
     // one (no user enumeration by timing).
-    let cost = users.values().map(|h| login::hash_cost(h)).max().unwrap_or(10);
+    let cost = users
+        .values()
+        .map(|h| login::hash_cost(h))
+        .max()
+        .unwrap_or(10);
     c.login = Some(LoginSettings {
         users,
         rules,

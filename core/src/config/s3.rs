@@ -59,7 +59,10 @@ impl core::fmt::Debug for S3File {
         f.debug_struct("S3File")
             .field("endpoint", &self.endpoint)
             .field("bucket", &self.bucket)
-            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -114,7 +117,10 @@ pub(super) fn resolve(
     };
     let Some(bucket) = get(&f.bucket, "CACHE_S3_BUCKET") else {
         if file.is_some() {
-            return Err(ConfigError::new("s3.bucket", "the [s3] table needs a bucket"));
+            return Err(ConfigError::new(
+                "s3.bucket",
+                "the [s3] table needs a bucket",
+            ));
         }
         return Ok(None);
     };
@@ -204,7 +210,10 @@ fn secret(
         f.secret_access_key_file.is_some(),
     ];
     if sources.iter().filter(|s| **s).count() > 1 {
-        return Err(ConfigError::new(key, "give exactly one of the three secret sources"));
+        return Err(ConfigError::new(
+            key,
+            "give exactly one of the three secret sources",
+        ));
     }
     let value = if let Some(v) = &f.secret_access_key {
         v.clone()
@@ -302,10 +311,16 @@ mod tests {
         let s = resolve(Some(&f), &env, &no_files).unwrap().unwrap();
         assert_eq!(s.secret_access_key, "filesecret");
         f.prefix = Some("../x".into());
-        assert_eq!(resolve(Some(&f), &env, &no_files).unwrap_err().key, "s3.prefix");
+        assert_eq!(
+            resolve(Some(&f), &env, &no_files).unwrap_err().key,
+            "s3.prefix"
+        );
         f.prefix = None;
         f.bucket = Some("Bad_Bucket".into());
-        assert_eq!(resolve(Some(&f), &env, &no_files).unwrap_err().key, "s3.bucket");
+        assert_eq!(
+            resolve(Some(&f), &env, &no_files).unwrap_err().key,
+            "s3.bucket"
+        );
         f.bucket = Some("mirror".into());
         f.secret_access_key = Some("x".into());
         assert_eq!(
@@ -314,8 +329,14 @@ mod tests {
         );
         f.secret_access_key = None;
         f.lease_ttl = Some("10ms".into());
-        assert_eq!(resolve(Some(&f), &env, &no_files).unwrap_err().key, "s3.lease_ttl");
+        assert_eq!(
+            resolve(Some(&f), &env, &no_files).unwrap_err().key,
+            "s3.lease_ttl"
+        );
         let bare = S3File::default();
-        assert_eq!(resolve(Some(&bare), &env, &no_files).unwrap_err().key, "s3.bucket");
+        assert_eq!(
+            resolve(Some(&bare), &env, &no_files).unwrap_err().key,
+            "s3.bucket"
+        );
     }
 }

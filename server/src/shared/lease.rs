@@ -189,7 +189,9 @@ pub async fn try_acquire(
             let every = (ttl / 3).max(Duration::from_millis(200));
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = bounded(CALL_TIMEOUT, remote.store.put(&path, body.clone().into())).await {
+                if let Err(e) =
+                    bounded(CALL_TIMEOUT, remote.store.put(&path, body.clone().into())).await
+                {
                     tracing::warn!(error = %e, "shared store: lease renewal failed");
                 }
             }

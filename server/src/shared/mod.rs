@@ -101,7 +101,10 @@ impl SharedStore {
     }
 
     fn start_scan(&self) {
-        if self.scanned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .scanned
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         let scan = self.remote.clone();
@@ -219,7 +222,9 @@ impl SharedStore {
                     ms = started.elapsed().as_millis() as u64,
                     "shared store: blob uploaded"
                 ),
-                Err(e) => tracing::warn!(digest = %digest, error = %e, "shared store: upload failed"),
+                Err(e) => {
+                    tracing::warn!(digest = %digest, error = %e, "shared store: upload failed")
+                }
             }
             drop(lease);
         });
@@ -339,7 +344,10 @@ impl RangeCut {
         if a >= b {
             return None;
         }
-        let (a, b) = (usize::try_from(a - start).ok()?, usize::try_from(b - start).ok()?);
+        let (a, b) = (
+            usize::try_from(a - start).ok()?,
+            usize::try_from(b - start).ok()?,
+        );
         Some(chunk.slice(a..b))
     }
 
@@ -388,7 +396,11 @@ impl Store for SharedStore {
     }
 
     fn start_fill(&self, mut fill: FillRequest) -> Result<StoreBody, Box<FillRequest>> {
-        let shared = match fill.claim.take().map(FillClaim::try_downcast::<SharedClaim>) {
+        let shared = match fill
+            .claim
+            .take()
+            .map(FillClaim::try_downcast::<SharedClaim>)
+        {
             Some(Ok(shared)) => Some(shared),
             Some(Err(local)) => {
                 fill.claim = Some(local);
@@ -464,7 +476,10 @@ impl Store for SharedStore {
         self.local.store_manifest(entry);
         let remote = self.remote.clone();
         tokio::spawn(async move {
-            if let Err(e) = remote.put_manifest(&registry, &digest, &media_type, body).await {
+            if let Err(e) = remote
+                .put_manifest(&registry, &digest, &media_type, body)
+                .await
+            {
                 tracing::warn!(error = %e, "shared store: manifest upload failed");
             }
         });
@@ -554,8 +569,16 @@ mod tests {
             for (first, end) in [(0u64, 20u64), (3, 9), (0, 1), (19, 20), (5, 6), (7, 20)] {
                 let (out, last) = run(first, end, &[a, b]);
                 let want = &data[first as usize..end as usize];
-                assert_eq!(&out[..], &want[..want.len() - 1], "split {split} range {first}..{end}");
-                assert_eq!(last.as_deref(), Some(&want[want.len() - 1..]), "split {split}");
+                assert_eq!(
+                    &out[..],
+                    &want[..want.len() - 1],
+                    "split {split} range {first}..{end}"
+                );
+                assert_eq!(
+                    last.as_deref(),
+                    Some(&want[want.len() - 1..]),
+                    "split {split}"
+                );
             }
         }
         assert_eq!(run(0, 0, &[&data]), (Vec::new(), None));

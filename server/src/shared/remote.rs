@@ -52,7 +52,8 @@ pub async fn bounded<T>(
 }
 
 /// A byte stream read from the store.
-pub type RemoteStream = futures_util::stream::BoxStream<'static, Result<Bytes, object_store::Error>>;
+pub type RemoteStream =
+    futures_util::stream::BoxStream<'static, Result<Bytes, object_store::Error>>;
 
 /// The object store client and the replica's memory of what the store holds.
 pub struct Remote {
@@ -164,7 +165,11 @@ impl Remote {
         digest: &Digest,
     ) -> Result<RemoteStream, object_store::Error> {
         let key = self.key(registry, "blobs", digest);
-        let got = bounded(CALL_TIMEOUT, self.store.get_opts(&key, GetOptions::default())).await?;
+        let got = bounded(
+            CALL_TIMEOUT,
+            self.store.get_opts(&key, GetOptions::default()),
+        )
+        .await?;
         Ok(got.into_stream())
     }
 
