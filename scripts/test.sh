@@ -42,4 +42,5 @@ cargo clippy -p dockerproxy-wasi --target wasm32-wasip2 --release --locked -- -D
 step "tests"
 # The process-level tests (kill -9, restart) run the built binary.
 cargo build -p dockerproxy-server --bin dockerproxy --locked
-cargo test --workspace --locked
+# Every test binary runs even after a failure, so one red run shows every failing test.
+cargo test --workspace --locked --no-fail-fast

@@ -298,6 +298,16 @@ async fn h2_200_streams_at_most_100_in_flight() {
     let (client, conn) = h2::client::handshake(tls(s.addr).await).await.unwrap();
     tokio::spawn(conn);
     let client = client.ready().await.unwrap();
+    // Until the server's SETTINGS arrive the client may assume unlimited streams (and a stream
+    // past 100 would then be refused, correctly): wait for the advertised limit first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while client.current_max_send_streams() != 100 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no SETTINGS with max_concurrent_streams = 100 from the server"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut tasks = Vec::new();
     for i in 0..200 {
         // One handle per request: a handle whose last stream waits for a slot is not ready,
