@@ -2,7 +2,6 @@
 //! cached tag is fresh, needs a HEAD, or may be served stale.
 
 use core::time::Duration;
-use std::collections::BTreeSet;
 
 use http::HeaderMap;
 
@@ -50,7 +49,8 @@ pub enum CacheKey {
 ///
 /// Values that are not visible ASCII are ignored; no `Accept` at all gives the empty class.
 pub fn accept_class(headers: &HeaderMap) -> String {
-    let types: BTreeSet<String> = headers
+    // Borrowed slices where possible: this runs on every manifest request (hits included).
+    let mut types: Vec<std::borrow::Cow<'_, str>> = headers
         .get_all(http::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -58,7 +58,9 @@ pub fn accept_class(headers: &HeaderMap) -> String {
         .map(bare_media_type)
         .filter(|t| !t.is_empty())
         .collect();
-    let mut class = String::new();
+    types.sort_unstable();
+    types.dedup();
+    let mut class = String::with_capacity(types.iter().map(|t| t.len() + 1).sum());
     for t in &types {
         if !class.is_empty() {
             class.push(',');
@@ -68,13 +70,14 @@ pub fn accept_class(headers: &HeaderMap) -> String {
     class
 }
 
-/// A media type without parameters, trimmed and lower-case.
-fn bare_media_type(s: &str) -> String {
-    s.split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+/// A media type without parameters, trimmed and lower-case (borrowed when it already is).
+fn bare_media_type(s: &str) -> std::borrow::Cow<'_, str> {
+    let t = s.split(';').next().unwrap_or("").trim();
+    if t.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(t.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(t)
+    }
 }
 
 /// Manifest media types a registry does not serve to a request without `Accept`: OCI manifests
@@ -96,7 +99,7 @@ const NEEDS_ACCEPT: &[&str] = &[
 pub fn accepts(accept_class: &str, media_type: &str) -> bool {
     let media_type = bare_media_type(media_type);
     if accept_class.is_empty() {
-        return !NEEDS_ACCEPT.contains(&media_type.as_str());
+        return !NEEDS_ACCEPT.contains(&media_type.as_ref());
     }
     accept_class.split(',').map(bare_media_type).any(|entry| {
         if entry == "*/*" || entry == media_type {

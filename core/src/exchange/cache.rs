@@ -143,8 +143,8 @@ impl Exchange {
                 // Never hand a client a media type its Accept lines exclude (a digest manifest
                 // cached for another client): let the upstream decide instead. No Accept at all
                 // accepts anything (HTTP semantics).
-                let class = accept_class(&self.req.headers);
-                if !class.is_empty() && !crate::cache_policy::accepts(&class, &media_type) {
+                let class = self.accept_class();
+                if !class.is_empty() && !crate::cache_policy::accepts(class, &media_type) {
                     return self.send_resource(now);
                 }
                 let is_tag = matches!(
@@ -358,6 +358,12 @@ impl Exchange {
         }
     }
 
+    /// The request's Accept class (see [`accept_class`]), computed on first use.
+    pub(super) fn accept_class(&self) -> &str {
+        self.accept_class
+            .get_or_init(|| accept_class(&self.req.headers))
+    }
+
     /// The cache key of a cacheable read, when the cache is on.
     pub(super) fn cache_key(&self) -> Option<CacheKey> {
         if !self.config.cache.enabled {
@@ -378,7 +384,7 @@ impl Exchange {
                     registry,
                     name: name.clone(),
                     tag: t.clone(),
-                    accept: accept_class(&self.req.headers),
+                    accept: self.accept_class().to_owned(),
                 },
             }),
             _ => None,

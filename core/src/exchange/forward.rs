@@ -12,7 +12,7 @@ use super::{
     UpstreamHead, UpstreamRequest,
 };
 use crate::Timestamp;
-use crate::cache_policy::{CacheKey, XCache, accept_class};
+use crate::cache_policy::{CacheKey, XCache};
 use crate::challenge;
 use crate::oci_error::ErrorCode;
 use crate::redirect::{self, RedirectDecision};
@@ -590,7 +590,7 @@ impl Exchange {
                     registry: registry.clone(),
                     name: name.clone(),
                     tag: t.clone(),
-                    accept: accept_class(&self.req.headers),
+                    accept: self.accept_class().to_owned(),
                 }),
                 Reference::Digest(_) => None,
             };

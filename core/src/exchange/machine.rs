@@ -75,6 +75,9 @@ pub struct Exchange {
     /// The store leads a fill for this request ([`super::CacheResult::Lead`]): the whole blob
     /// is fetched even for a `Range` request, whose range is then served from the fill.
     pub(super) lead: bool,
+    /// The request's Accept class, computed once (it is needed by the cache key, the lookup and
+    /// the media-type check of a hit).
+    pub(super) accept_class: std::sync::OnceLock<String>,
 }
 
 impl Exchange {
@@ -103,6 +106,7 @@ impl Exchange {
             hit: None,
             check: None,
             lead: false,
+            accept_class: std::sync::OnceLock::new(),
         }
     }
 

@@ -5,7 +5,7 @@
 //! Planning is pure; the store removes the planned entries from the index, journals them and
 //! deletes the files.
 
-use std::collections::HashSet;
+use super::index::HashSet;
 
 use dockerproxy_core::reference::Digest;
 
@@ -229,7 +229,7 @@ mod tests {
         let mut i = Index::default();
         i.insert_blob("r", &d('a'), 1, 1_000);
         i.insert_blob("r", &d('b'), 1, 5_000);
-        let none = HashSet::new();
+        let none = HashSet::default();
         assert_eq!(expired(&i, &none, 6_000, 2_000), vec![d('a')]);
         i.touch(&d('a'), 5_500);
         assert!(expired(&i, &none, 6_000, 2_000).is_empty());

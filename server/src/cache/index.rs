@@ -5,7 +5,13 @@
 //! It is plain data: no I/O, no clock (times are passed in as milliseconds since the epoch), so
 //! the journal replay, the lookups and the eviction plan are all testable directly.
 
-use std::collections::{HashMap, HashSet};
+/// std's maps with foldhash's randomly seeded hasher (a new seed per process): SipHash was 6 % of
+/// the instructions of a cached manifest hit (callgrind, benches/RESULTS.md). foldhash is
+/// hashbrown's own default, and its per-process seed keeps request-chosen keys (repository
+/// names, tags) from being crafted into collisions without seeing hash output.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// See [`HashMap`].
+pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 
 use bytes::Bytes;
 use dockerproxy_core::cache_policy::CacheKey;

@@ -31,7 +31,6 @@ pub mod stats;
 use self::lookup::ClaimGuard;
 pub use self::open::ReadGuard;
 
-use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,7 +44,7 @@ use dockerproxy_core::token::Identity;
 use tokio::sync::watch;
 
 use self::fill::Fill;
-use self::index::Index;
+use self::index::{HashMap, HashSet, Index};
 use self::journal::{Journal, Record};
 use self::layout::Layout;
 use self::stats::Counters;

@@ -4,7 +4,7 @@
 //! disagrees are deleted), compact the journal when it pays, and log what was found and how long
 //! it took.
 
-use std::collections::HashMap;
+use super::index::HashMap;
 use std::fs::{File, OpenOptions};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -67,8 +67,8 @@ impl DiskStore {
             settings,
             state: Mutex::new(State {
                 index,
-                inflight: HashMap::new(),
-                revalidating: HashMap::new(),
+                inflight: HashMap::default(),
+                revalidating: HashMap::default(),
                 journal,
                 counters: Counters::default(),
             }),
