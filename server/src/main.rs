@@ -55,12 +55,6 @@ fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
-/// mimalloc instead of glibc's malloc: allocation was a quarter of the instructions of a cached
-/// manifest hit (callgrind, benches/RESULTS.md), and glibc's per-thread arenas grow RSS under
-/// many parallel streams.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let command = match parse_args(std::env::args().skip(1)) {
         Ok(c) => c,
