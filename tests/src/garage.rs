@@ -205,6 +205,24 @@ api_bind_addr = "127.0.0.1:{admin}"
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The proxy's settings for this store (keys under `prefix`).
+    pub fn settings(
+        &self,
+        prefix: &str,
+        lease_ttl: Duration,
+    ) -> dockerproxy_core::config::S3Settings {
+        dockerproxy_core::config::S3Settings {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            access_key_id: self.key_id.clone(),
+            secret_access_key: self.secret.clone(),
+            prefix: prefix.to_owned(),
+            lease_ttl,
+            allow_http: true,
+        }
+    }
+
     /// The `[s3]` table of a proxy configuration using this store.
     pub fn proxy_toml(&self, lease_ttl: &str) -> String {
         format!(

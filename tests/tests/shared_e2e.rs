@@ -272,16 +272,7 @@ async fn the_store_never_grants_access_a_private_blob_is_refused_on_another_repl
     let out = skopeo::pull(&src, &dir, &["--src-creds", "alice:secret"]).await;
     skopeo::assert_pulled(&out, &dir, &image, &a.log());
     let tls = dockerproxy_server::tls::client_config(None).unwrap();
-    let settings = dockerproxy_core::config::S3Settings {
-        endpoint: garage.endpoint.clone(),
-        bucket: garage.bucket.clone(),
-        region: garage.region.clone(),
-        access_key_id: garage.key_id.clone(),
-        secret_access_key: garage.secret.clone(),
-        prefix: String::new(),
-        lease_ttl: Duration::from_secs(5),
-        allow_http: true,
-    };
+    let settings = garage.settings("", Duration::from_secs(5));
     let store = dockerproxy_server::shared::remote::Remote::new(&settings, tls).unwrap();
     let mut in_store = false;
     for _ in 0..50 {
@@ -360,16 +351,7 @@ async fn a_corrupt_object_in_the_store_is_never_served_and_is_replaced() {
     wrong[blob.data.len() / 2] ^= 0xff;
     let file = bed.tmp.path().join("wrong");
     std::fs::write(&file, &wrong).unwrap();
-    let settings = dockerproxy_core::config::S3Settings {
-        endpoint: garage.endpoint.clone(),
-        bucket: garage.bucket.clone(),
-        region: garage.region.clone(),
-        access_key_id: garage.key_id.clone(),
-        secret_access_key: garage.secret.clone(),
-        prefix: String::new(),
-        lease_ttl: Duration::from_secs(5),
-        allow_http: true,
-    };
+    let settings = garage.settings("", Duration::from_secs(5));
     let tls = dockerproxy_server::tls::client_config(None).unwrap();
     let store = dockerproxy_server::shared::remote::Remote::new(&settings, tls).unwrap();
     store

@@ -3,29 +3,15 @@
 
 use std::time::Duration;
 
-use dockerproxy_core::config::S3Settings;
 use dockerproxy_core::reference::Digest;
 use dockerproxy_server::shared::lease::{self, Attempt};
 use dockerproxy_server::shared::remote::Remote;
 use dockerproxy_tests::garage::{Garage, require_garage};
 use futures_util::StreamExt;
 
-fn settings(g: &Garage, ttl: Duration) -> S3Settings {
-    S3Settings {
-        endpoint: g.endpoint.clone(),
-        bucket: g.bucket.clone(),
-        region: g.region.clone(),
-        access_key_id: g.key_id.clone(),
-        secret_access_key: g.secret.clone(),
-        prefix: "t/".into(),
-        lease_ttl: ttl,
-        allow_http: true,
-    }
-}
-
 fn remote(g: &Garage) -> std::sync::Arc<Remote> {
     let tls = dockerproxy_server::tls::client_config(None).unwrap();
-    std::sync::Arc::new(Remote::new(&settings(g, Duration::from_secs(2)), tls).unwrap())
+    std::sync::Arc::new(Remote::new(&g.settings("t/", Duration::from_secs(2)), tls).unwrap())
 }
 
 fn digest_of(bytes: &[u8]) -> Digest {
