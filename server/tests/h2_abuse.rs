@@ -18,11 +18,10 @@ mod common;
 mod gated_front;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::config;
+use common::{client_tls, config, fixture};
 use dockerproxy_server::{Listener, run_listeners};
 use dockerproxy_tests::{Mode, SeedOptions, TestBed, docker_hub_route_toml};
 use gated_front::GatedFront;
@@ -31,30 +30,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::client::TlsStream;
 
-fn fixture(name: &str) -> String {
-    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(fixture("ca.pem")).unwrap();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    tokio_rustls::TlsConnector::from(Arc::new(cfg))
-}
-
 async fn tls(addr: SocketAddr) -> TlsStream<TcpStream> {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let s = tls_connector()
+    let s = client_tls(&[b"h2"])
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();

@@ -224,10 +224,15 @@ api_bind_addr = "127.0.0.1:{admin}"
     }
 
     /// The `[s3]` table of a proxy configuration using this store.
-    pub fn proxy_toml(&self, lease_ttl: &str) -> String {
+    pub fn proxy_toml(&self, lease_ttl: Duration) -> String {
         format!(
-            "[s3]\nendpoint = \"{}\"\nbucket = \"{}\"\nregion = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\nallow_http = true\nlease_ttl = \"{lease_ttl}\"\n",
-            self.endpoint, self.bucket, self.region, self.key_id, self.secret
+            "[s3]\nendpoint = \"{}\"\nbucket = \"{}\"\nregion = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\nallow_http = true\nlease_ttl = \"{}ms\"\n",
+            self.endpoint,
+            self.bucket,
+            self.region,
+            self.key_id,
+            self.secret,
+            lease_ttl.as_millis()
         )
     }
 }

@@ -11,13 +11,15 @@ use dockerproxy_tests::proxy_process::{ProxyProcess, binary};
 use dockerproxy_tests::{Mode, SeedOptions, TestBed, docker_hub_route_toml, require_tools, skopeo};
 
 const MIB: usize = 1024 * 1024;
+/// Lease TTL of the replicas (the kill test uses a shorter one).
+const LEASE_TTL: Duration = Duration::from_secs(5);
 
 async fn replica(
     bed: &TestBed,
     name: &str,
     upstream: &str,
     garage: &Garage,
-    ttl: &str,
+    ttl: Duration,
 ) -> ProxyProcess {
     replica_with_realms(bed, name, upstream, garage, ttl, &[]).await
 }
@@ -35,7 +37,7 @@ async fn replica_with_realms(
     name: &str,
     upstream: &str,
     garage: &Garage,
-    ttl: &str,
+    ttl: Duration,
     realms: &[String],
 ) -> ProxyProcess {
     let work = bed.tmp.path().join(format!("replica-{name}"));
@@ -55,6 +57,29 @@ async fn replica_with_realms(
     ProxyProcess::start(&work, &env, &toml)
         .await
         .expect("start a replica")
+}
+
+/// The dockerproxy binary built, a seeded upstream (16 MiB big layer) behind a link that sends
+/// `chunk` bytes every 30 ms, and a Garage store.
+async fn slow_bed(chunk: usize) -> (TestBed, CorruptFront, Garage) {
+    binary().expect("the dockerproxy binary");
+    let bed = TestBed::start_with(
+        Mode::Plain,
+        SeedOptions {
+            big_layer_size: 16 * MIB,
+        },
+    )
+    .await;
+    let front = CorruptFront::start(
+        bed.registry.base_url(),
+        Mangle::Trickle {
+            chunk,
+            interval: Duration::from_millis(30),
+        },
+    )
+    .unwrap();
+    let garage = Garage::start(&bed.tmp.path().join("garage")).unwrap();
+    (bed, front, garage)
 }
 
 fn blob_gets(bed: &TestBed, image: &dockerproxy_tests::Image) -> Vec<(String, usize)> {
@@ -98,28 +123,12 @@ async fn three_replicas_thirty_cold_pulls_one_upstream_get_per_blob_and_hits_sur
     if !require_tools(&["docker-registry", "skopeo"]) || !require_garage() {
         return;
     }
-    binary().expect("the dockerproxy binary");
-    let bed = TestBed::start_with(
-        Mode::Plain,
-        SeedOptions {
-            big_layer_size: 16 * MIB,
-        },
-    )
-    .await;
-    // A slow link: 256 KiB every 30 ms, the 16 MiB layer takes about 2 s upstream.
-    let front = CorruptFront::start(
-        bed.registry.base_url(),
-        Mangle::Trickle {
-            chunk: 256 << 10,
-            interval: Duration::from_millis(30),
-        },
-    )
-    .unwrap();
-    let garage = Garage::start(&bed.tmp.path().join("garage")).unwrap();
+    // A slow link: the 16 MiB layer takes about 2 s upstream.
+    let (bed, front, garage) = slow_bed(256 << 10).await;
     let up = front.base_url();
-    let a = replica(&bed, "a", &up, &garage, "5s").await;
-    let b = replica(&bed, "b", &up, &garage, "5s").await;
-    let c = replica(&bed, "c", &up, &garage, "5s").await;
+    let a = replica(&bed, "a", &up, &garage, LEASE_TTL).await;
+    let b = replica(&bed, "b", &up, &garage, LEASE_TTL).await;
+    let c = replica(&bed, "c", &up, &garage, LEASE_TTL).await;
     let image = bed.seeded.big.clone();
     let out = bed.tmp.path().join("pulls");
 
@@ -151,9 +160,9 @@ async fn three_replicas_thirty_cold_pulls_one_upstream_get_per_blob_and_hits_sur
     for name in ["a", "b", "c"] {
         let _ = std::fs::remove_dir_all(bed.tmp.path().join(format!("replica-{name}")));
     }
-    let a = replica(&bed, "a", &up, &garage, "5s").await;
-    let b = replica(&bed, "b", &up, &garage, "5s").await;
-    let c = replica(&bed, "c", &up, &garage, "5s").await;
+    let a = replica(&bed, "a", &up, &garage, LEASE_TTL).await;
+    let b = replica(&bed, "b", &up, &garage, LEASE_TTL).await;
+    let c = replica(&bed, "c", &up, &garage, LEASE_TTL).await;
     let out2 = bed.tmp.path().join("pulls-after-restart");
     let warm = pull_all(&[&a, &b, &c], 2, &out2, &image).await;
     let after = blob_gets(&bed, &image);
@@ -173,28 +182,12 @@ async fn a_replica_killed_mid_fill_does_not_block_the_others() {
     if !require_tools(&["docker-registry"]) || !require_garage() {
         return;
     }
-    binary().expect("the dockerproxy binary");
-    let bed = TestBed::start_with(
-        Mode::Plain,
-        SeedOptions {
-            big_layer_size: 16 * MIB,
-        },
-    )
-    .await;
     // About 3.8 s for the big layer.
-    let front = CorruptFront::start(
-        bed.registry.base_url(),
-        Mangle::Trickle {
-            chunk: 128 << 10,
-            interval: Duration::from_millis(30),
-        },
-    )
-    .unwrap();
-    let garage = Garage::start(&bed.tmp.path().join("garage")).unwrap();
+    let (bed, front, garage) = slow_bed(128 << 10).await;
     let up = front.base_url();
     let ttl = Duration::from_secs(2);
-    let a = replica(&bed, "a", &up, &garage, "2s").await;
-    let b = replica(&bed, "b", &up, &garage, "2s").await;
+    let a = replica(&bed, "a", &up, &garage, ttl).await;
+    let b = replica(&bed, "b", &up, &garage, ttl).await;
     let big = bed.seeded.big.layers[0].clone();
     let path = format!("/v2/library/big/blobs/{}", big.digest);
     let http = reqwest::Client::new();
@@ -262,8 +255,8 @@ async fn the_store_never_grants_access_a_private_blob_is_refused_on_another_repl
     let garage = Garage::start(&bed.tmp.path().join("garage")).unwrap();
     let realms = realm_origins(&bed);
     let up = bed.registry.base_url().to_owned();
-    let a = replica_with_realms(&bed, "a", &up, &garage, "5s", &realms).await;
-    let b = replica_with_realms(&bed, "b", &up, &garage, "5s", &realms).await;
+    let a = replica_with_realms(&bed, "a", &up, &garage, LEASE_TTL, &realms).await;
+    let b = replica_with_realms(&bed, "b", &up, &garage, LEASE_TTL, &realms).await;
     let image = bed.seeded.private_secret.clone();
 
     // alice pulls the private image through A: its blobs land in the shared store.
@@ -364,7 +357,7 @@ async fn a_corrupt_object_in_the_store_is_never_served_and_is_replaced() {
         .await
         .unwrap();
 
-    let a = replica(&bed, "a", &up, &garage, "5s").await;
+    let a = replica(&bed, "a", &up, &garage, LEASE_TTL).await;
     let http = reqwest::Client::new();
     let url = format!("{}/v2/{}/blobs/{}", a.base_url(), image.repo, blob.digest);
     // Whole and ranged reads of the corrupt object: never a clean end.
@@ -394,7 +387,7 @@ async fn a_corrupt_object_in_the_store_is_never_served_and_is_replaced() {
         a.log()
     );
     // And the store now holds the right bytes: a fresh replica's ranged read verifies.
-    let b = replica(&bed, "b", &up, &garage, "5s").await;
+    let b = replica(&bed, "b", &up, &garage, LEASE_TTL).await;
     let mut ok = false;
     for _ in 0..30 {
         let r = http
