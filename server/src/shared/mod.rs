@@ -101,9 +101,11 @@ impl SharedStore {
     }
 
     fn start_scan(&self) {
-        if self
-            .scanned
-            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        // A plain load first: every lookup passes here, and only the first may write.
+        if self.scanned.load(std::sync::atomic::Ordering::Relaxed)
+            || self
+                .scanned
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             return;
         }
